@@ -1,0 +1,25 @@
+"""The ``langground`` command line: one typer app, each command group in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="langground",
+    help="Language-guided visual grounding: data, train, eval, predict, bench, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _mount() -> None:
+    # Each module owns one command group; mounting happens here so `langground --help` lists all.
+    from langground.cli import data
+
+    app.add_typer(data.app, name="data")
+
+
+def main() -> None:
+    _mount()
+    app()

@@ -1,0 +1,88 @@
+"""Torch ``Dataset`` over grounding records: decodes the image and mask, applies the transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from langground.errors import DataError
+from langground.types import GroundingRecord
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB, with a one-line DataError when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from None
+
+
+class GroundingTorchDataset(Dataset):
+    """Turns records into transformed samples.
+
+    Each item is a dict with ``image`` (float ``(3, S, S)``), ``boxes`` (``(K, 4)`` xyxy on the
+    canvas), ``mask`` (``(1, S, S)`` uint8, or absent), ``text``, ``letterbox`` (scale, pad_x, pad_y),
+    ``answer_id`` (int, -1 if none) and ``record`` (the original GroundingRecord).
+
+    Args:
+        records: any sequence of GroundingRecord (e.g. from ``open_dataset``).
+        transform: a pipeline from :func:`langground.data.transforms.build_transforms`.
+        answer_vocab: answer string → id, for VQA; answers outside it get -1.
+        load_masks: decode referent masks (needed for RES/GRES training and evaluation).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[GroundingRecord],
+        transform: Callable[[dict[str, Any]], dict[str, Any]],
+        answer_vocab: dict[str, int] | None = None,
+        load_masks: bool = False,
+    ):
+        self.records = records
+        self.transform = transform
+        self.answer_vocab = answer_vocab
+        self.load_masks = load_masks
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image = load_rgb(record.image_path)
+        height, width = image.height, image.width
+        if (height, width) != tuple(record.image_size):
+            raise DataError(
+                f"{record.image_path}: image is {height}x{width} but the annotation of sample "
+                f"{record.sample_id} says {record.image_size[0]}x{record.image_size[1]}"
+            )
+        sample: dict[str, Any] = {
+            "image": tv_tensors.Image(F.pil_to_tensor(image)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4)),
+                format="XYXY",
+                canvas_size=(height, width),
+            ),
+            "text": record.text,
+        }
+        if self.load_masks:
+            mask = record.load_mask()
+            if mask is None:
+                raise DataError(f"sample {record.sample_id} of {record.dataset or 'dataset'} has no mask")
+            sample["mask"] = tv_tensors.Mask(torch.as_tensor(mask, dtype=torch.uint8)[None])
+        out = self.transform(sample)
+        out["record"] = record
+        answer = record.answer
+        vocab = self.answer_vocab
+        out["answer_id"] = vocab.get(answer, -1) if (vocab is not None and answer is not None) else -1
+        return out

@@ -1,0 +1,1 @@
+"""Model zoo: importing this package registers every model."""
