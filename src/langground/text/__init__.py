@@ -1,4 +1,5 @@
 """Tokenizer and vocabulary."""
+
 from langground.text.tokenizer import tokenize
 from langground.text.vocab import PAD, UNK, Vocabulary
 

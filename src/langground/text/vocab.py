@@ -96,5 +96,7 @@ class Vocabulary:
         except FileNotFoundError:
             raise ValueError(f"{path}: vocabulary file not found") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a langground vocabulary (expected JSON with 'words'): {e}") from None
+            raise ValueError(
+                f"{path}: not a langground vocabulary (expected JSON with 'words'): {e}"
+            ) from None
         return cls(words)

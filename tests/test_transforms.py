@@ -1,0 +1,161 @@
+"""Transforms keep image, boxes, masks and text consistent; letterbox inverts exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from langground.data.collate import GroundingCollator
+from langground.data.torch_dataset import GroundingTorchDataset
+from langground.data.transforms import (
+    Letterbox,
+    ReferentSafeRandomCrop,
+    TextAwareHorizontalFlip,
+    TransformConfig,
+    build_transforms,
+    letterbox_params,
+    preprocess_image,
+    swap_left_right,
+)
+from langground.errors import DataError
+from langground.text import Vocabulary
+from langground.types import GroundingRecord
+
+
+def _sample(h=240, w=320, box=(50, 100, 120, 150)):
+    image = torch.zeros((3, h, w), dtype=torch.uint8)
+    x0, y0, x1, y1 = box
+    image[0, y0:y1, x0:x1] = 255  # the referent is the only red patch
+    mask = torch.zeros((1, h, w), dtype=torch.uint8)
+    mask[0, y0:y1, x0:x1] = 1
+    return {
+        "image": tv_tensors.Image(image),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(h, w)
+        ),
+        "mask": tv_tensors.Mask(mask),
+        "text": "the red block left of the ball",
+    }
+
+
+def _extent(mask2d: torch.Tensor) -> tuple[int, int, int, int]:
+    ys, xs = torch.nonzero(mask2d, as_tuple=True)
+    return xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
+
+
+def test_swap_left_right_keeps_case_and_other_words():
+    assert swap_left_right("Left of the rightmost ball, RIGHT") == "Right of the leftmost ball, LEFT"
+    assert swap_left_right("the bright cube") == "the bright cube"  # 'bright' contains 'right'
+
+
+@pytest.mark.parametrize(("h", "w"), [(240, 320), (320, 240), (100, 100), (37, 511)])
+def test_letterbox_inverse_maps_box_back(h, w):
+    sample = _sample(h, w, box=(5, 7, min(w, 30), min(h, 31)))
+    out = Letterbox(128)(sample)
+    assert out["image"].shape == (3, 128, 128)
+    scale, pad_x, pad_y = out["letterbox"]
+    back = (out["boxes"].as_subclass(torch.Tensor) - torch.tensor([pad_x, pad_y, pad_x, pad_y])) / scale
+    assert torch.allclose(back, sample["boxes"].as_subclass(torch.Tensor), atol=0.5 / scale + 1e-4)
+    # The mask moves with the box.
+    x0, y0, x1, y1 = _extent(out["mask"][0])
+    bx = out["boxes"][0].tolist()
+    assert (
+        abs(x0 - bx[0]) <= 1.5
+        and abs(x1 - bx[2]) <= 1.5
+        and abs(y0 - bx[1]) <= 1.5
+        and abs(y1 - bx[3]) <= 1.5
+    )
+
+
+def test_letterbox_params_rejects_empty_image():
+    with pytest.raises(ValueError, match="positive"):
+        letterbox_params(0, 10, 64)
+
+
+def test_flip_moves_image_box_mask_and_text_together():
+    torch.manual_seed(0)
+    out = TextAwareHorizontalFlip(p=1.0)(_sample())
+    assert out["text"] == "the red block right of the ball"
+    assert out["boxes"][0].tolist() == [200.0, 100.0, 270.0, 150.0]
+    assert _extent(out["mask"][0]) == (200, 100, 270, 150)
+    red = out["image"][0] > 0
+    assert torch.equal(red, out["mask"][0].bool())
+
+
+def test_referent_safe_crop_never_cuts_the_referent():
+    torch.manual_seed(1)
+    crop = ReferentSafeRandomCrop(p=1.0, min_scale=0.3)
+    sizes = set()
+    for _ in range(30):
+        out = crop(_sample())
+        h, w = out["image"].shape[-2:]
+        sizes.add((h, w))
+        x0, y0, x1, y1 = out["boxes"][0].tolist()
+        assert min(x0, y0) >= 0 and x1 <= w and y1 <= h
+        assert (x1 - x0, y1 - y0) == (70.0, 50.0)  # whole referent kept
+        assert out["mask"].sum().item() == 70 * 50
+        assert torch.equal(out["image"][0] > 0, out["mask"][0].bool())
+    assert len(sizes) > 5  # it really crops
+
+
+def test_crop_skips_no_target_samples():
+    sample = _sample()
+    sample["boxes"] = tv_tensors.BoundingBoxes(torch.zeros((0, 4)), format="XYXY", canvas_size=(240, 320))
+    out = ReferentSafeRandomCrop(p=1.0)(sample)
+    assert out["image"].shape == (3, 240, 320)
+
+
+def test_colour_jitter_has_no_hue_shift():
+    pipeline = build_transforms(TransformConfig(input_size=64), train=True)
+    jitter = [t for t in pipeline.transforms if type(t).__name__ == "ColorJitter"]
+    assert jitter and jitter[0].hue is None
+
+
+def test_preprocess_image_is_normalised_letterbox():
+    img = Image.new("RGB", (200, 100), (124, 116, 104))  # ~ the ImageNet mean
+    x, (scale, pad_x, pad_y) = preprocess_image(img, 64)
+    assert x.shape == (3, 64, 64) and (scale, pad_x, pad_y) == (0.32, 0.0, 16.0)
+    assert x.abs().max() < 0.05  # mean colour and padding both normalise to ~0
+
+
+def _record(tmp_path, name="a.png", size=(240, 320), text="the cube left of the ball"):
+    path = tmp_path / name
+    Image.new("RGB", (size[1], size[0]), (10, 200, 30)).save(path)
+    mask = np.zeros(size, np.uint8)
+    mask[100:150, 50:120] = 1
+    return GroundingRecord(
+        "s1", 1, str(path), size, text, np.array([[50, 100, 120, 150]], np.float32), mask_loader=lambda: mask
+    )
+
+
+def test_dataset_and_collate_build_a_consistent_batch(tmp_path):
+    record = _record(tmp_path)
+    ds = GroundingTorchDataset(
+        [record] * 3, build_transforms(TransformConfig(input_size=96), False), load_masks=True
+    )
+    vocab = Vocabulary.build([record.text])
+    batch = GroundingCollator(vocab, max_text_length=4)([ds[i] for i in range(3)])
+    assert batch.images.shape == (3, 3, 96, 96)
+    assert batch.text.token_ids.shape == (3, 4)  # truncated to max_text_length
+    assert batch.targets.masks.shape == (3, 1, 96, 96)
+    scale, pad_x, pad_y = batch.transforms[0]
+    cx, cy, w, h = (batch.targets.boxes[0][0] * 96).tolist()
+    assert abs((cx - w / 2 - pad_x) / scale - 50) < 1e-3 and abs((cy + h / 2 - pad_y) / scale - 150) < 1e-3
+    assert batch.targets.answers.tolist() == [-1, -1, -1]
+    assert not batch.targets.no_target.any()
+
+
+def test_dataset_reports_size_mismatch_and_bad_image(tmp_path):
+    record = _record(tmp_path, size=(240, 320))
+    record.image_size = (100, 100)
+    ds = GroundingTorchDataset([record], build_transforms(TransformConfig(input_size=64), False))
+    with pytest.raises(DataError, match="240x320 but the annotation of sample s1 says 100x100"):
+        ds[0]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    record = GroundingRecord("s2", 2, str(bad), (10, 10), "x")
+    with pytest.raises(DataError, match="bad.png: cannot decode image"):
+        GroundingTorchDataset([record], build_transforms(TransformConfig(input_size=64), False))[0]
