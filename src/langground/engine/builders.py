@@ -1,0 +1,238 @@
+"""Config -> objects: device and precision, datasets (generating the synthetic world when absent),
+vocabularies, model, criterion and data loaders. The engine and inference build everything through here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from langground.config import Config, DataConfig, RunConfig
+from langground.errors import DataError, LanggroundError
+from langground.text.vocab import Vocabulary
+from langground.types import GroundingRecord
+
+#: Metric families evaluated for a model trained on each task (a mask model is also scored on boxes:
+#: postprocess gives the mask's bounding box).
+EVAL_TASKS: dict[str, tuple[str, ...]] = {
+    "rec": ("rec",),
+    "res": ("res", "rec"),
+    "gref": ("gref",),
+    "gres": ("gres",),
+    "vqa": ("vqa",),
+}
+MASK_TASKS = ("res", "gres")
+
+
+# --------------------------------------------------------------------------------------------------
+# device and precision
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU; otherwise ``name`` as given."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LanggroundError(f"config run.device={name!r}: CUDA is not available on this machine")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast on CPU pays off only with native bf16 instructions (AVX512-BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved mixed-precision mode: autocast dtype (None: fp32) and whether a GradScaler is needed."""
+
+    dtype: torch.dtype | None
+    scaler: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def resolve_precision(mode: str, device: torch.device) -> Precision:
+    if mode == "none":
+        return Precision(None, False)
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise LanggroundError("config run.amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
+        return Precision(torch.float16, True)
+    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+    if mode == "bf16":
+        if not bf16_ok:
+            raise LanggroundError(f"config run.amp='bf16': not supported on {device}; use 'none' or 'auto'")
+        return Precision(torch.bfloat16, False)
+    if mode == "auto":
+        if device.type == "cuda":
+            return Precision(torch.bfloat16, False) if bf16_ok else Precision(torch.float16, True)
+        return Precision(torch.bfloat16, False) if bf16_ok else Precision(None, False)
+    raise LanggroundError(f"config run.amp={mode!r}: expected none, auto, bf16 or fp16")
+
+
+def autocast(device: torch.device, precision: Precision) -> Any:
+    return torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def _root(cfg: DataConfig) -> Path:
+    return Path(os.path.expanduser(cfg.root))
+
+
+def ensure_dataset(cfg: DataConfig, generate: bool = True) -> Path:
+    """The dataset root; for ``synth``, the world is generated there first when the directory is absent
+    or empty (``generate=False`` on ranks other than 0, which wait for rank 0)."""
+    root = _root(cfg)
+    missing = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    if cfg.dataset == "synth" and missing and generate:
+        from langground.data.synthetic import SynthConfig, generate_world
+
+        try:
+            synth = SynthConfig(**cfg.synth)
+        except TypeError as e:
+            raise LanggroundError(f"config data.synth: {e}") from None
+        generate_world(root, synth, workers=cfg.synth_workers)
+    return root
+
+
+def open_split(cfg: DataConfig, split: str, limit: int | None = None) -> Any:
+    """``open_dataset(root, dataset, split, **open_kwargs)``, optionally cut to its first ``limit`` records.
+
+    Returns the RecordDataset (its ``protocol`` is kept on a cut view too).
+    """
+    from langground.data import open_dataset
+
+    records = open_dataset(_root(cfg), cfg.dataset, split, **cfg.open_kwargs)
+    if len(records) == 0:
+        raise DataError(f"{_root(cfg)}: split {split!r} of dataset {cfg.dataset!r} has no records")
+    if limit is not None and limit < len(records):
+        return RecordSubset(records, range(limit))
+    return records
+
+
+class RecordSubset(Sequence[GroundingRecord]):
+    """Some records of a RecordDataset, keeping its ``protocol``, ``name`` and ``split``."""
+
+    def __init__(self, base: Any, indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+        self.protocol = getattr(base, "protocol", None)
+        self.name = getattr(base, "name", "")
+        self.split = getattr(base, "split", "")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.base[j] for j in self.indices[i]]
+        return self.base[self.indices[i]]
+
+
+def build_vocab(records: Sequence[GroundingRecord], cfg: DataConfig) -> Vocabulary:
+    return Vocabulary.build((r.text for r in records), min_count=cfg.vocab_min_count)
+
+
+def build_answers(records: Sequence[GroundingRecord]) -> list[str]:
+    """Answer list (most frequent first, ties by name) of the training split's questions."""
+    counts = Counter(r.answer for r in records if r.answer is not None)
+    if not counts:
+        raise DataError("the training split has no answers: a VQA model needs question/answer records")
+    return sorted(counts, key=lambda a: (-counts[a], a))
+
+
+def answer_index(answers: Sequence[str] | None) -> dict[str, int] | None:
+    return None if answers is None else {a: i for i, a in enumerate(answers)}
+
+
+# --------------------------------------------------------------------------------------------------
+# model and criterion
+
+
+def build_model(config: Config, vocab: Vocabulary, answers: Sequence[str] | None = None) -> nn.Module:
+    """``create_model(name, task, input_size, max_text_length, vocab_size, num_answers, **kwargs)``."""
+    from langground.registry import create_model, is_model, list_models
+
+    name = config.model.name
+    if not is_model(name):
+        raise LanggroundError(f"config model.name={name!r}: not a registered model; known: {', '.join(list_models())}")
+    kwargs = dict(config.model.kwargs)
+    kwargs.update(
+        task=config.model.task,
+        input_size=config.transforms.input_size,
+        max_text_length=config.data.max_text_length,
+        vocab_size=len(vocab),
+    )
+    if config.model.task == "vqa":
+        if not answers:
+            raise LanggroundError("a VQA model needs its answer list (answers.json)")
+        kwargs["num_answers"] = len(answers)
+    return create_model(name, **kwargs)
+
+
+def build_criterion(config: Config) -> nn.Module:
+    from langground.losses import build_criterion as _build
+
+    return _build(config.model.task, **config.loss)
+
+
+# --------------------------------------------------------------------------------------------------
+# loaders
+
+
+def _worker_init(worker_id: int) -> None:
+    # Each worker decodes with one thread: the loader processes already use the cores.
+    torch.set_num_threads(1)
+
+
+def build_dataset(records: Sequence[GroundingRecord], config: Config, answers: Sequence[str] | None,
+                  train: bool) -> Any:
+    from langground.data.torch_dataset import GroundingTorchDataset
+    from langground.data.transforms import build_transforms
+
+    load_masks = train and config.model.task in MASK_TASKS
+    return GroundingTorchDataset(
+        records, build_transforms(config.transforms, train=train), answer_vocab=answer_index(answers),
+        load_masks=load_masks,
+    )
+
+
+def make_loader(dataset: Any, vocab: Vocabulary, config: Config, run: RunConfig, *, batch_size: int,
+                sampler: Any = None, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    from langground.data.collate import GroundingCollator
+
+    workers = run.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=GroundingCollator(vocab, config.data.max_text_length),
+        pin_memory=False,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        # An explicit generator: creating an iterator must not draw from the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+    )

@@ -1,0 +1,220 @@
+"""Box metrics: referring expression comprehension (REC) and generalized REC (gRefCOCO boxes, GREC).
+
+Boxes are absolute ``xyxy`` pixels of the ORIGINAL image, continuous coordinates, no +1
+(``langground.types``); IoU is :func:`langground.ops.boxes.box_iou`, computed in float64, 0 for
+boxes without area. Thresholds are inclusive: a hit is ``IoU >= t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from langground.engine.metrics.base import MetricAccumulator, SampleStats, at_least
+from langground.ops.boxes import box_iou, enclosing_box
+from langground.types import GroundingRecord, Prediction
+
+__all__ = ["GRECMetric", "RECMetric", "one_to_one_match"]
+
+
+def _boxes(task: str, record: GroundingRecord, boxes: Any, what: str) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.shape == (4,):
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(
+            f"{task}: sample {record.sample_id!r}: {what} must have shape (K, 4), got {arr.shape}"
+        )
+    return arr
+
+
+def _scores(task: str, record: GroundingRecord, prediction: Prediction, k: int) -> np.ndarray:
+    scores = np.asarray(prediction.scores).reshape(-1)
+    if scores.shape != (k,):
+        raise ValueError(
+            f"{task}: sample {record.sample_id!r}: prediction has {k} boxes but {scores.size} scores"
+        )
+    # Keep float32 scores float32: compared with a float64 0.7, a float32 0.7 (0.69999999) would fail.
+    return scores if np.issubdtype(scores.dtype, np.floating) else scores.astype(np.float64)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def one_to_one_match(iou: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
+    """A maximum one-to-one matching of predictions (rows) to ground truths (columns) at ``iou >= thr``.
+
+    Only pairs with IoU at or above the threshold may match; among those, the matching with the
+    most pairs is returned (Kuhn's augmenting-path algorithm, exact, ``O(rows * edges)``: fine for
+    the handful of boxes per expression). This is what a Hungarian assignment on the thresholded
+    0/1 cost gives, without scipy. It is never below a greedy by-IoU match, which can miss a
+    perfect matching (e.g. IoUs ``[[0.9, 0.6], [0.6, 0.3]]``: greedy takes (0, 0) and strands row 1;
+    the maximum matching is (0, 1), (1, 0)). Rows are tried in order, so pass them sorted by score
+    to prefer confident predictions among equally large matchings.
+
+    Returns ``(row, column)`` pairs sorted by row.
+    """
+    iou = np.asarray(iou)
+    if iou.ndim != 2:
+        raise ValueError(f"iou: expected an (N, M) matrix, got shape {iou.shape}")
+    adj = [np.flatnonzero(row >= iou_threshold).tolist() for row in iou]
+    owner = [-1] * iou.shape[1]  # column -> matched row
+
+    def augment(row: int, seen: list[bool]) -> bool:
+        for col in adj[row]:
+            if not seen[col]:
+                seen[col] = True
+                if owner[col] < 0 or augment(owner[col], seen):
+                    owner[col] = row
+                    return True
+        return False
+
+    for r in range(iou.shape[0]):
+        if adj[r]:
+            augment(r, [False] * iou.shape[1])
+    return sorted((r, c) for c, r in enumerate(owner) if r >= 0)
+
+
+class RECMetric(MetricAccumulator):
+    """Referring expression comprehension: Prec@0.5 (a.k.a. Acc@0.5), as in LADS, LaConvNet, TransVG.
+
+    Per expression, the predicted box is compared with the ground-truth box in ORIGINAL pixels:
+    ``IoU = |P ∩ G| / |P ∪ G|`` (xyxy, continuous, no +1). Keys:
+
+    - ``rec/prec@t`` for ``t`` in ``thresholds`` (default 0.5): fraction of expressions with ``IoU >= t``.
+    - ``rec/miou``: mean IoU.
+
+    Conventions: with several predicted boxes the highest-scoring one is the answer (the first on
+    ties); no predicted box scores IoU 0. With several ground-truth boxes they are merged into their
+    enclosing box (the Flickr30k Entities protocol, LaConvNet §5.1). No-target records and records
+    without boxes (VQA) are skipped: score those with :class:`GRECMetric`.
+    """
+
+    prefix = "rec"
+
+    def __init__(self, thresholds: Sequence[float] = (0.5,), by_family: bool = True) -> None:
+        super().__init__(by_family)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.family_metrics = (*(f"prec@{t:g}" for t in self.thresholds), "miou")
+
+    def config(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds)}
+
+    def sample_stats(
+        self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
+    ) -> SampleStats | None:
+        gt = _boxes("rec", record, record.boxes, "record.boxes")
+        if record.no_target or gt.shape[0] == 0:
+            return None
+        pred = _boxes("rec", record, prediction.boxes, "prediction.boxes")
+        if pred.shape[0] == 0:
+            iou = 0.0
+        else:
+            if pred.shape[0] > 1:
+                pred = pred[[int(np.argmax(_scores("rec", record, prediction, pred.shape[0])))]]
+            target = gt if gt.shape[0] == 1 else enclosing_box(gt)[None]
+            iou = float(_iou_matrix(pred, target)[0, 0])
+        stats: SampleStats = {"count": 1, "iou": iou}
+        stats.update({f"hit@{t:g}": int(iou >= t) for t in self.thresholds})
+        return stats
+
+    def summarize(self, sums: Mapping[str, int | float]) -> dict[str, float]:
+        n = sums.get("count", 0)
+        if not n:
+            return {}
+        out = {f"prec@{t:g}": sums[f"hit@{t:g}"] / n for t in self.thresholds}
+        out["miou"] = sums["iou"] / n
+        return out
+
+
+class GRECMetric(MetricAccumulator):
+    """Generalized REC on gRefCOCO boxes: Precision@(F1=1, IoU>=0.5), N-acc, T-acc (ReLA / gRefCOCO).
+
+    Per sample: keep the predicted boxes with ``score >= score_threshold`` (0.7); none survive when
+    ``prediction.no_target >= no_target_threshold``. Match them one-to-one to the ground-truth boxes
+    at ``IoU >= iou_threshold`` (0.5) with :func:`one_to_one_match` (a maximum matching); then
+    ``TP`` = matched pairs, ``FP`` = unmatched predictions, ``FN`` = unmatched ground truths and
+    ``F1 = 2TP / (2TP + FP + FN)``. A target sample is correct only when ``F1 = 1`` (every referent
+    found, no extra box); a no-target sample (``record.no_target`` or no ground-truth box) is
+    correct when no box survives.
+
+    - ``grec/prec@f1``: correct samples / all samples.
+    - ``grec/n_acc``: no-target samples with no surviving box / no-target samples.
+    - ``grec/t_acc``: target samples with at least one surviving box / target samples.
+    - ``grec/f1``: mean per-sample F1 (no-target: 1 if correct, else 0) -- a softer companion number.
+
+    VQA records (``record.answer`` set) are skipped.
+    """
+
+    prefix = "grec"
+    family_metrics = ("prec@f1", "n_acc", "t_acc")
+
+    def __init__(
+        self,
+        score_threshold: float = 0.7,
+        iou_threshold: float = 0.5,
+        no_target_threshold: float = 0.5,
+        by_family: bool = True,
+    ) -> None:
+        super().__init__(by_family)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.no_target_threshold = float(no_target_threshold)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "score_threshold": self.score_threshold,
+            "iou_threshold": self.iou_threshold,
+            "no_target_threshold": self.no_target_threshold,
+        }
+
+    def sample_stats(
+        self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
+    ) -> SampleStats | None:
+        if record.answer is not None:
+            return None
+        gt = _boxes("grec", record, record.boxes, "record.boxes")
+        pred = _boxes("grec", record, prediction.boxes, "prediction.boxes")
+        scores = _scores("grec", record, prediction, pred.shape[0])
+        order = np.argsort(-scores, kind="stable")
+        pred = pred[order[scores[order] >= scores.dtype.type(self.score_threshold)]]
+        if prediction.no_target is not None and at_least(prediction.no_target, self.no_target_threshold):
+            pred = pred[:0]
+        m = pred.shape[0]
+        if record.no_target or gt.shape[0] == 0:
+            correct = int(m == 0)
+            return {
+                "count": 1,
+                "correct": correct,
+                "f1": float(correct),
+                "nt_total": 1,
+                "nt_correct": correct,
+            }
+        tp = len(one_to_one_match(_iou_matrix(pred, gt), self.iou_threshold)) if m else 0
+        fp, fn = m - tp, gt.shape[0] - tp
+        return {
+            "count": 1,
+            "correct": int(fp == 0 and fn == 0),
+            "f1": 2 * tp / (2 * tp + fp + fn),  # > 0: the denominator has fn >= 1 when tp == 0
+            "t_total": 1,
+            "t_correct": int(m > 0),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
+
+    def summarize(self, sums: Mapping[str, int | float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        n, nt, t = sums.get("count", 0), sums.get("nt_total", 0), sums.get("t_total", 0)
+        if n:
+            out["prec@f1"] = sums["correct"] / n
+            out["f1"] = sums["f1"] / n
+        if nt:
+            out["n_acc"] = sums["nt_correct"] / nt
+        if t:
+            out["t_acc"] = sums["t_correct"] / t
+        return out

@@ -1,0 +1,184 @@
+"""Task heads on top of a backbone's stage features (shared by LaConvNet and later models).
+
+- :class:`MultiScaleFusion` — top-down + bottom-up fusion of the last three stages (Sec. 5.2, "a simple
+  multi-scale fusion module"), output at one stride.
+- :class:`BoxHead` — anchor-free one-box detection: every cell predicts objectness and a box; the
+  highest-objectness cell is the answer (generalized REC keeps all cells' boxes and logits).
+- :class:`SegHead` — dilated context on the last stage, top-down fusion to stride 4, mask logits.
+- :class:`VQAHead` / :class:`NoTargetHead` — attentive pooling of the last visual map and of the text,
+  added, then an MLP over answers (or one no-target logit).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from langground.layers.conv import ConvBNAct
+from langground.layers.pooling import AttentionPool
+
+
+class ResidualConv(nn.Module):
+    """``x + conv3x3(conv1x1(x))`` with a half-width bottleneck."""
+
+    def __init__(self, dim: int, act: str = "silu"):
+        super().__init__()
+        self.reduce = ConvBNAct(dim, dim // 2, 1, act=act)
+        self.conv = ConvBNAct(dim // 2, dim, 3, act=act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(self.reduce(x))
+
+
+class FuseBlock(nn.Sequential):
+    """Concatenated inputs -> 1x1 conv to ``out_dim`` -> ``depth`` residual 3x3 bottlenecks."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 1, act: str = "silu"):
+        super().__init__(ConvBNAct(in_dim, out_dim, 1, act=act), *[ResidualConv(out_dim, act) for _ in range(depth)])
+
+
+def _up_to(x: Tensor, ref: Tensor) -> Tensor:
+    return F.interpolate(x, size=ref.shape[-2:], mode="nearest")
+
+
+class MultiScaleFusion(nn.Module):
+    """Fuse stage features ``(C3, C4, C5)`` (strides 8/16/32) and return one map at ``out_stride``.
+
+    Top-down: ``P5 = lat(C5)``, ``P4 = fuse(up(P5), C4)``, ``P3 = fuse(up(P4), C3)``; bottom-up:
+    ``N4 = fuse(down(P3), P4)``, ``N5 = fuse(down(N4), P5)``. Only the path the output needs is built.
+    """
+
+    def __init__(self, in_dims: tuple[int, int, int], dim: int, out_stride: int = 32, depth: int = 1, act: str = "silu"):
+        super().__init__()
+        if out_stride not in (8, 16, 32):
+            raise ValueError(f"fusion out_stride must be 8, 16 or 32, got {out_stride}")
+        c3, c4, c5 = in_dims
+        self.out_stride = out_stride
+        self.lat5 = ConvBNAct(c5, dim, 1, act=act)
+        self.td4 = FuseBlock(dim + c4, dim, depth, act)
+        self.td3 = FuseBlock(dim + c3, dim, depth, act)
+        if out_stride <= 16:
+            self.down3 = ConvBNAct(dim, dim, 3, stride=2, act=act)
+            self.bu4 = FuseBlock(2 * dim, dim, depth, act)
+        if out_stride == 32:
+            self.down4 = ConvBNAct(dim, dim, 3, stride=2, act=act)
+            self.bu5 = FuseBlock(2 * dim, dim, depth, act)
+        self.out_dim = dim
+
+    def forward(self, feats: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+        c3, c4, c5 = feats
+        p5 = self.lat5(c5)
+        p4 = self.td4(torch.cat((_up_to(p5, c4), c4), dim=1))
+        p3 = self.td3(torch.cat((_up_to(p4, c3), c3), dim=1))
+        if self.out_stride == 8:
+            return p3
+        n4 = self.bu4(torch.cat((self.down3(p3), p4), dim=1))
+        if self.out_stride == 16:
+            return n4
+        return self.bu5(torch.cat((self.down4(n4), p5), dim=1))
+
+
+class BoxHead(nn.Module):
+    """Anchor-free dense box head: per cell ``(tx, ty, tw, th, objectness)``.
+
+    Decoding (normalized canvas units): ``cx = (j + 0.5 + r * tanh(tx)) / W``, ``cy`` likewise,
+    ``w = sigmoid(tw)``, ``h = sigmoid(th)``: bounded, so a cell up to ``r`` cells from the referent's
+    centre can still reach it, and no exp() can overflow.
+    """
+
+    def __init__(self, in_dim: int, dim: int = 256, num_convs: int = 2, radius: float = 2.0, act: str = "silu"):
+        super().__init__()
+        self.stem = ConvBNAct(in_dim, dim, 1, act=act)
+        self.convs = nn.Sequential(*[ConvBNAct(dim, dim, 3, act=act) for _ in range(num_convs)])
+        self.pred = nn.Conv2d(dim, 5, 1)
+        self.radius = radius
+        with torch.no_grad():
+            self.pred.weight.normal_(std=0.01)
+            self.pred.bias.zero_()
+            self.pred.bias[2:4] = math.log(0.2 / 0.8)  # boxes start at 20% of the canvas
+            self.pred.bias[4] = -math.log((1 - 0.01) / 0.01)  # objectness prior 0.01
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out = self.pred(self.convs(self.stem(x))).float()  # (B, 5, h, w)
+        b, _, h, w = out.shape
+        ys = (torch.arange(h, device=out.device, dtype=out.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=out.device, dtype=out.dtype) + 0.5) / w
+        cx = xs.view(1, 1, w) + self.radius * torch.tanh(out[:, 0]) / w
+        cy = ys.view(1, h, 1) + self.radius * torch.tanh(out[:, 1]) / h
+        boxes = torch.stack((cx, cy, torch.sigmoid(out[:, 2]), torch.sigmoid(out[:, 3])), dim=-1)
+        centers = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
+        return {
+            "box_set": boxes.reshape(b, h * w, 4),
+            "logits": out[:, 4].reshape(b, h * w),
+            "centers": centers,  # (N, 2) normalized (cx, cy) of each cell
+            "cell": torch.tensor([1.0 / w, 1.0 / h], device=out.device),
+        }
+
+
+class SegHead(nn.Module):
+    """Dilated context on C5, then top-down fusion with C4, C3, C2 (stride 4) -> 1-channel mask logits."""
+
+    def __init__(
+        self, in_dims: tuple[int, int, int, int], dim: int = 128, dilations: tuple[int, ...] = (1, 2, 3), act: str = "silu"
+    ):
+        super().__init__()
+        c2, c3, c4, c5 = in_dims
+        self.context = nn.ModuleList([ConvBNAct(c5, dim, 3, dilation=d, act=act) for d in dilations])
+        # Image-level branch without BN: batch-1 training would leave BN a single value per channel.
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c5, dim, 1), nn.ReLU(inplace=True))
+        self.project = ConvBNAct(dim * (len(dilations) + 1), dim, 1, act=act)
+        self.laterals = nn.ModuleList([ConvBNAct(c, dim, 1, act=act) for c in (c4, c3, c2)])
+        self.fuses = nn.ModuleList([ConvBNAct(2 * dim, dim, 3, act=act) for _ in range(3)])
+        self.pred = nn.Conv2d(dim, 1, 1)
+
+    def forward(self, feats: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+        c2, c3, c4, c5 = feats
+        ctx = [branch(c5) for branch in self.context]
+        ctx.append(self.image_pool(c5).expand(-1, -1, *c5.shape[-2:]))
+        x = self.project(torch.cat(ctx, dim=1))
+        for lateral, fuse, skip in zip(self.laterals, self.fuses, (c4, c3, c2), strict=True):
+            x = fuse(torch.cat((_up_to(x, skip), lateral(skip)), dim=1))
+        return self.pred(x).float()
+
+
+class _PooledFusion(nn.Module):
+    """``LayerNorm(attpool(visual) + attpool(text))``."""
+
+    def __init__(self, vis_dim: int, text_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.visual = AttentionPool(vis_dim, hidden, hidden=min(vis_dim, 512), dropout=dropout)
+        self.text = AttentionPool(text_dim, hidden, hidden=min(text_dim, 512), dropout=dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, vis: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        v = self.visual(vis.flatten(2).transpose(1, 2))
+        return self.norm(v + self.text(text, text_mask))
+
+
+class VQAHead(nn.Module):
+    """Attentive pooling of the last visual map and the text, added, MLP -> ``(B, num_answers)`` logits."""
+
+    def __init__(self, vis_dim: int, text_dim: int, num_answers: int, hidden: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.fuse = _PooledFusion(vis_dim, text_dim, hidden, dropout)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_answers)
+        )
+
+    def forward(self, vis: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        return self.mlp(self.fuse(vis, text, text_mask)).float()
+
+
+class NoTargetHead(nn.Module):
+    """One logit per sample: does the expression refer to nothing (gRefCOCO)?"""
+
+    def __init__(self, vis_dim: int, text_dim: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.fuse = _PooledFusion(vis_dim, text_dim, hidden, dropout)
+        self.logit = nn.Linear(hidden, 1)
+
+    def forward(self, vis: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        return self.logit(self.fuse(vis, text, text_mask)).squeeze(-1).float()

