@@ -5,6 +5,7 @@ vocabularies, model, criterion and data loaders. The engine and inference build 
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,7 +201,9 @@ def build_criterion(config: Config) -> nn.Module:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Each worker decodes with one thread: the loader processes already use the cores.
+    # Ctrl-C reaches the whole process group: workers ignore it so the main process can stop cleanly
+    # (save a checkpoint) instead of finding its workers dead. One decoding thread per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
@@ -217,7 +220,8 @@ def build_dataset(records: Sequence[GroundingRecord], config: Config, answers: S
 
 
 def make_loader(dataset: Any, vocab: Vocabulary, config: Config, run: RunConfig, *, batch_size: int,
-                sampler: Any = None, drop_last: bool = False, seed: int = 0) -> DataLoader:
+                sampler: Any = None, drop_last: bool = False, seed: int = 0,
+                persistent: bool = False) -> DataLoader:
     from langground.data.collate import GroundingCollator
 
     workers = run.num_workers
@@ -233,6 +237,6 @@ def make_loader(dataset: Any, vocab: Vocabulary, config: Config, run: RunConfig,
         worker_init_fn=_worker_init if workers > 0 else None,
         # An explicit generator: creating an iterator must not draw from the global RNG (exact resume).
         generator=torch.Generator().manual_seed(seed),
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )

@@ -60,7 +60,7 @@ class MultiScaleFusion(nn.Module):
         self.lat5 = ConvBNAct(c5, dim, 1, act=act)
         self.td4 = FuseBlock(dim + c4, dim, depth, act)
         self.td3 = FuseBlock(dim + c3, dim, depth, act)
-        if out_stride <= 16:
+        if out_stride >= 16:
             self.down3 = ConvBNAct(dim, dim, 3, stride=2, act=act)
             self.bu4 = FuseBlock(2 * dim, dim, depth, act)
         if out_stride == 32:

@@ -85,7 +85,7 @@ class LaConvNetConfig:
     freeze_embeddings: bool = False
     freeze_text_encoder: bool = False
     # heads
-    neck_dim: int = 256
+    neck_dim: int = 288
     neck_depth: int = 1
     det_stride: int = 32
     det_convs: int = 2
