@@ -28,7 +28,7 @@ def test_canvas_size_is_inferred_from_the_letterbox():
 
 def test_rec_box_is_unletterboxed_exactly():
     # canvas cxcywh (0.5, 0.5, 0.25, 0.25) * 64 -> xyxy (24, 24, 40, 40); x / 0.32, (y - 16) / 0.32.
-    out = {"pred_boxes": torch.tensor([[0.5, 0.5, 0.25, 0.25]]), "pred_scores": torch.tensor([logit(0.8)])}
+    out = {"pred_boxes": torch.tensor([[0.5, 0.5, 0.25, 0.25]]), "pred_scores": torch.tensor([0.8])}
     (pred,) = postprocess(out, [T], [SIZE], "rec")
     np.testing.assert_allclose(pred.boxes, [[75.0, 25.0, 125.0, 75.0]], atol=1e-4)
     np.testing.assert_allclose(pred.scores, [0.8], atol=1e-6)

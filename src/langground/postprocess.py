@@ -107,9 +107,9 @@ def postprocess(
         with_masks: decode ``pred_masks`` when present (evaluation of box tasks may skip the cost).
 
     Returns:
-        ``len(transforms)`` predictions. ``scores`` are probabilities: the sigmoid of ``pred_scores``
-        logits (``rec``), of the kept ``pred_box_logits`` (``gref``), the mean foreground probability
-        inside the mask (mask tasks without a score head).
+        ``len(transforms)`` predictions. ``scores`` are probabilities: ``pred_scores`` as the model gives
+        them (already in [0, 1]; ``rec``), the sigmoid of the kept ``pred_box_logits`` (``gref``), the mean
+        foreground probability inside the mask (mask tasks without a score head).
     """
     if task not in TASKS:
         raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
@@ -120,7 +120,8 @@ def postprocess(
     out = {k: (v.detach().float().cpu() if isinstance(v, Tensor) else v) for k, v in outputs.items()}
 
     no_target = torch.sigmoid(out["pred_no_target"].reshape(batch)) if "pred_no_target" in out else None
-    box_scores = torch.sigmoid(out["pred_scores"].reshape(batch)) if "pred_scores" in out else None
+    # pred_scores are probabilities already (models apply the sigmoid: LaConvNet scores its best cell).
+    box_scores = out["pred_scores"].reshape(batch).clamp(0.0, 1.0) if "pred_scores" in out else None
     answer_probs = out["pred_answer"].softmax(dim=-1) if "pred_answer" in out else None
     masks = out.get("pred_masks") if with_masks else None
 

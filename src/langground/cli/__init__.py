@@ -18,6 +18,14 @@ def _mount() -> None:
     from langground.cli import data
 
     app.add_typer(data.app, name="data")
+    from langground.cli.bench import bench
+
+    app.command("bench")(bench)
+    from langground.cli.demo import demo
+    from langground.cli.predict import predict
+
+    app.command("predict")(predict)
+    app.command("demo")(demo)
 
 
 def main() -> None:

@@ -6,16 +6,19 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from langground.ops.dynamic_conv import laconv
 
 
-def channel_groups(channels: int, groups: int, interleaved: bool, device=None) -> Tensor:
-    """Index of the kernel group used by each channel: ``c // (C/g)`` (contiguous) or ``c % g``."""
-    import torch
+def _channels_last(t: Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
+
+def channel_groups(channels: int, groups: int, interleaved: bool, device: torch.device | None = None) -> Tensor:
+    """Index of the kernel group used by each channel: ``c // (C/g)`` (contiguous) or ``c % g``."""
     c = torch.arange(channels, device=device)
     return c % groups if interleaved else c // (channels // groups)
 
@@ -47,6 +50,14 @@ class DynamicConv(nn.Module):
     def forward(self, x: Tensor, weight: Tensor) -> Tensor:
         if weight.dim() == 3:
             return shared_dynamic_dwconv(x, weight, self.kernel_size, self.dilation, self.interleaved)
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            # On CPU the operator's reduced-precision path converts to float32 once per kernel offset;
+            # one conversion of x and W to contiguous float32 up front is ~2x faster (and exact in fp32).
+            fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
+            out = laconv(
+                x.float().contiguous(), weight.float().contiguous(), self.kernel_size, self.dilation, self.interleaved
+            )
+            return out.to(x.dtype, memory_format=fmt)
         return laconv(x, weight, self.kernel_size, dilation=self.dilation, interleaved=self.interleaved)
 
     def extra_repr(self) -> str:

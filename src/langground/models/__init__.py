@@ -1,1 +1,6 @@
 """Model zoo: importing this package registers every model."""
+
+from langground.models import laconvnet  # noqa: F401  (registers laconvnet_t / _s / _b)
+from langground.models.base import GroundingModel
+
+__all__ = ["GroundingModel"]
