@@ -38,18 +38,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="benchmark directory (world, run, results)")
     p.add_argument("--preset", default="synth-laconvnet-t-rec")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
-    p.add_argument("--data", type=Path, default=None, help="existing synthetic world (default OUT/data/synth)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="existing synthetic world (default OUT/data/synth)"
+    )
     p.add_argument("--every", type=int, default=0, help="evaluate testA every N steps (default: 8 per run)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the bar is for 2 cores)")
-    p.add_argument("--max-load", type=float, default=0.7,
-                   help="refuse to start when the 1-min load average exceeds this (others are busy)")
+    p.add_argument(
+        "--max-load",
+        type=float,
+        default=0.7,
+        help="refuse to start when the 1-min load average exceeds this (others are busy)",
+    )
     p.add_argument("--force", action="store_true", help="run even on a busy machine (figures are then noisy)")
     args = p.parse_args(argv)
 
     load1 = os.getloadavg()[0]
     if load1 > args.max_load and not args.force:
-        print(f"machine busy: 1-min load average {load1:.2f} > {args.max_load}; timings would be wrong. "
-              "Wait, or pass --force.", file=sys.stderr)
+        print(
+            f"machine busy: 1-min load average {load1:.2f} > {args.max_load}; timings would be wrong. "
+            "Wait, or pass --force.",
+            file=sys.stderr,
+        )
         return 3
 
     import torch
@@ -89,17 +98,24 @@ def main(argv: list[str] | None = None) -> int:
             "val": val.main_value,
         }
         for split, records in splits.items():
-            res = evaluate_model(trainer.eval_model, records, config, trainer.vocab, trainer.answers,
-                                 device=trainer.device)
+            res = evaluate_model(
+                trainer.eval_model, records, config, trainer.vocab, trainer.answers, device=trainer.device
+            )
             row[split] = res.metrics.get("rec/prec@0.5")
             if split == "testA":
-                row["testA_family"] = {k.rsplit("/", 1)[-1]: round(v, 4) for k, v in res.metrics.items()
-                                       if k.startswith("rec/prec@0.5/family/")}
+                row["testA_family"] = {
+                    k.rsplit("/", 1)[-1]: round(v, 4)
+                    for k, v in res.metrics.items()
+                    if k.startswith("rec/prec@0.5/family/")
+                }
         rows.append(row)
         with log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"step {step:5d}  train {row['train_minutes']:6.2f} min  load {row['load1']:.2f}  "
-              f"testA {100 * row['testA']:5.1f}%  cogentB {100 * row['cogentB']:5.1f}%", flush=True)
+        print(
+            f"step {step:5d}  train {row['train_minutes']:6.2f} min  load {row['load1']:.2f}  "
+            f"testA {100 * row['testA']:5.1f}%  cogentB {100 * row['cogentB']:5.1f}%",
+            flush=True,
+        )
 
     trainer = Trainer(config, run_dir, hooks=TrainHooks(after_eval=after_eval))
     try:
@@ -128,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "time_to_accuracy.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=1))
-    print(f"final: testA {100 * (final.get('testA') or 0):.2f}%  cogentB {100 * (final.get('cogentB') or 0):.2f}% "
-          f"after {summary['train_minutes']:.2f} min")
+    print(
+        f"final: testA {100 * (final.get('testA') or 0):.2f}%  cogentB {100 * (final.get('cogentB') or 0):.2f}% "
+        f"after {summary['train_minutes']:.2f} min"
+    )
     return 0
 
 

@@ -36,6 +36,7 @@ def test_count_macs_adds_the_operator_and_rnn_formulas():
     assert report.by_module == {"conv": conv, "dyn": laconv, "rnn": lstm}
 
 
+@pytest.mark.slow
 def test_paper_budgets_of_s_and_b():
     """Params (10,000 x 300 embeddings, REC head) within 5% and MACs at 416^2 within 10% of the paper."""
     from langground.bench.core import bench_text
@@ -55,7 +56,9 @@ def test_benchmark_model_tiny():
     assert r.params > 1e5 and r.macs > 0 and r.flops == 2 * r.macs
     assert r.latency_ms > 0 and r.peak_rss_delta_mb >= 0
     assert set(r.macs_by_module) >= {"backbone", "text_encoder"}
-    r2 = benchmark_model("laconvnet_t", task="vqa", size=64, runs=1, warmup=1, threads=1, dtype="bf16", channels_last=True)
+    r2 = benchmark_model(
+        "laconvnet_t", task="vqa", size=64, runs=1, warmup=1, threads=1, dtype="bf16", channels_last=True
+    )
     assert r2.dtype == "bf16" and r2.macs > 0
 
 
@@ -68,15 +71,22 @@ def _app():
 
 def test_cli_json_and_table():
     runner = CliRunner()
-    res = runner.invoke(_app(), ["bench", "--model", "laconvnet_t", "--size", "64", "--runs", "1", "--warmup", "1", "--json"])
+    res = runner.invoke(
+        _app(), ["bench", "--model", "laconvnet_t", "--size", "64", "--runs", "1", "--warmup", "1", "--json"]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["model"] == "laconvnet_t" and data["macs"] > 0 and data["flops"] == 2 * data["macs"]
-    res = runner.invoke(_app(), ["bench", "--model", "laconvnet_t", "--size", "64", "--runs", "1", "--warmup", "1"])
+    res = runner.invoke(
+        _app(), ["bench", "--model", "laconvnet_t", "--size", "64", "--runs", "1", "--warmup", "1"]
+    )
     assert res.exit_code == 0 and "MACs" in res.output and "papers' FLOPs" in res.output
 
 
-@pytest.mark.parametrize("args, message", [(["--model", "nope"], "unknown model"), (["--model", "laconvnet_t", "--size", "50"], "multiple of 32")])
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--model", "nope"], "unknown model"), (["--model", "laconvnet_t", "--size", "50"], "multiple of 32")],
+)
 def test_cli_user_errors_exit_2(args, message):
     res = CliRunner().invoke(_app(), ["bench", *args, "--runs", "1"])
     assert res.exit_code == 2

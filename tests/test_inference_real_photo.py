@@ -42,8 +42,17 @@ def test_predict_on_a_coco_photo(tmp_path, task):
     _mount()
     res = CliRunner().invoke(
         app,
-        ["predict", str(ckpt), str(photo), "man in the red shirt on the left", "the umbrella", "--out", str(out),
-         "--json", "--explain"],
+        [
+            "predict",
+            str(ckpt),
+            str(photo),
+            "man in the red shirt on the left",
+            "the umbrella",
+            "--out",
+            str(out),
+            "--json",
+            "--explain",
+        ],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

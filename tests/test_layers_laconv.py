@@ -23,7 +23,9 @@ def _text(b=2, length=5, dim=32, pad_last=2):
 @pytest.mark.parametrize("packing", [1, 2, 4])
 def test_generator_shapes_and_attention_maps(packing):
     torch.manual_seed(0)
-    gen = ParameterGenerator(16, 32, kernel_size=5, groups=4, packing=packing, attn_dim=32, num_heads=4).eval()
+    gen = ParameterGenerator(
+        16, 32, kernel_size=5, groups=4, packing=packing, attn_dim=32, num_heads=4
+    ).eval()
     x = torch.randn(2, 16, 16, 16)
     y, mask = _text()
     w, maps = gen(x, y, mask)

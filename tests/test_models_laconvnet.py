@@ -59,7 +59,9 @@ def test_ablation_switches():
     no_pack = create_model("laconvnet_s", pixel_packing=False)
     assert all(b.laconv.generator.packing == 1 for s in no_pack.backbone.stages for b in s)
     lang = create_model("laconvnet_s", language_only=True)
-    assert all(isinstance(b.laconv.generator, LanguageKernelGenerator) for s in lang.backbone.stages for b in s)
+    assert all(
+        isinstance(b.laconv.generator, LanguageKernelGenerator) for s in lang.backbone.stages for b in s
+    )
     g1 = create_model("laconvnet_s", groups=1)
     assert all(b.laconv.generator.groups == 1 for s in g1.backbone.stages for b in s)
     k3 = create_model("laconvnet_s", kernel_size=3)
@@ -113,7 +115,9 @@ def _drawn_samples(size=64, n=8, seed=0):
             while True:
                 side = int(torch.randint(size // 6, size // 3, (1,), generator=g))
                 x0, y0 = (int(v) for v in torch.randint(0, size - side, (2,), generator=g))
-                if all(x0 + side <= a or a + s <= x0 or y0 + side <= b or b + s <= y0 for a, b, s, _ in placed):
+                if all(
+                    x0 + side <= a or a + s <= x0 or y0 + side <= b or b + s <= y0 for a, b, s, _ in placed
+                ):
                     break
             name = list(colors)[c]
             img[:, y0 : y0 + side, x0 : x0 + side] = torch.tensor(colors[name]).view(3, 1, 1)
@@ -121,7 +125,9 @@ def _drawn_samples(size=64, n=8, seed=0):
         x0, y0, side, name = placed[i % 2]
         images.append(img)
         ids.append([2, words.index(name), 7])
-        boxes.append(torch.tensor([[(x0 + side / 2) / size, (y0 + side / 2) / size, side / size, side / size]]))
+        boxes.append(
+            torch.tensor([[(x0 + side / 2) / size, (y0 + side / 2) / size, side / size, side / size]])
+        )
     return torch.stack(images), _text(ids), boxes, len(words)
 
 
@@ -139,12 +145,12 @@ def test_tiny_model_overfits_eight_samples():
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-        first = float(losses["loss"]) if first is None else first
+        first = float(losses["loss"].detach()) if first is None else first
     with torch.no_grad():
         pred = model.eval()(images, text)["pred_boxes"]
     gt = torch.cat(boxes)
     iou = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy")).diag()
-    assert float(losses["loss"]) < 0.25 * first
+    assert float(losses["loss"].detach()) < 0.25 * first
     # Half the expressions name the first square and half the second: only reading the text gets them all.
     assert (iou > 0.5).all(), iou
     assert time.perf_counter() - start < 30

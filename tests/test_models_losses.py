@@ -41,7 +41,9 @@ def test_rec_losses_and_weighting():
     out = _dense_outputs()
     targets = Targets(
         [torch.tensor([[0.5, 0.5, 0.2, 0.2]]), torch.tensor([[0.2, 0.2, 0.1, 0.3]])],
-        None, torch.zeros(2, dtype=torch.bool), torch.full((2,), -1),
+        None,
+        torch.zeros(2, dtype=torch.bool),
+        torch.full((2,), -1),
     )
     crit = build_criterion("rec", giou=1.0, l1=0.0, obj=3.0)
     losses = crit(out, targets)
@@ -63,7 +65,9 @@ def test_perfect_dense_prediction_has_zero_box_loss():
 
 def test_no_target_samples_only_train_the_no_target_logit():
     out = _dense_outputs()
-    targets = Targets([torch.zeros(0, 4), torch.zeros(0, 4)], None, torch.ones(2, dtype=torch.bool), torch.full((2,), -1))
+    targets = Targets(
+        [torch.zeros(0, 4), torch.zeros(0, 4)], None, torch.ones(2, dtype=torch.bool), torch.full((2,), -1)
+    )
     losses = build_criterion("gref")(out, targets)
     assert losses["loss_giou"] == 0 and losses["loss_obj"] == 0
     assert torch.isclose(losses["loss_no_target"], torch.nn.functional.softplus(torch.tensor(0.0)))
@@ -73,7 +77,9 @@ def test_no_target_samples_only_train_the_no_target_logit():
 
 def test_single_box_models_are_regressed_directly():
     pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]], requires_grad=True)
-    targets = Targets([torch.tensor([[0.5, 0.5, 0.2, 0.2]])], None, torch.zeros(1, dtype=torch.bool), torch.tensor([-1]))
+    targets = Targets(
+        [torch.tensor([[0.5, 0.5, 0.2, 0.2]])], None, torch.zeros(1, dtype=torch.bool), torch.tensor([-1])
+    )
     losses = build_criterion("rec")({"pred_boxes": pred}, targets)
     assert losses["loss_giou"] < 1e-4 and "loss_obj" not in losses
 
@@ -84,19 +90,31 @@ def test_mask_losses_resize_targets():
     masks[1, :, :16] = 1
     with torch.no_grad():
         logits[1, :, :4] = 20.0
-    targets = Targets([torch.zeros(0, 4), torch.tensor([[0.5, 0.25, 1, 0.5]])], masks, torch.tensor([True, False]), torch.tensor([-1, -1]))
-    losses = build_criterion("gres")({"pred_masks": logits, "pred_no_target": torch.tensor([5.0, -5.0])}, targets)
+    targets = Targets(
+        [torch.zeros(0, 4), torch.tensor([[0.5, 0.25, 1, 0.5]])],
+        masks,
+        torch.tensor([True, False]),
+        torch.tensor([-1, -1]),
+    )
+    losses = build_criterion("gres")(
+        {"pred_masks": logits, "pred_no_target": torch.tensor([5.0, -5.0])}, targets
+    )
     assert losses["loss_mask_bce"] < 1e-6 and losses["loss_mask_dice"] < 1e-3  # sample 0 (no target) skipped
     assert resize_masks(masks, (8, 8)).shape == (2, 1, 8, 8)
     assert resize_masks(masks, (64, 64)).shape == (2, 1, 64, 64)
     assert dice_loss(torch.full((1, 1, 4, 4), 20.0), torch.ones(1, 1, 4, 4)) < 1e-3
     with pytest.raises(ValueError, match="masks"):
-        build_criterion("res")({"pred_masks": logits}, Targets([torch.zeros(1, 4)] * 2, None, torch.zeros(2, dtype=torch.bool), torch.tensor([-1, -1])))
+        build_criterion("res")(
+            {"pred_masks": logits},
+            Targets([torch.zeros(1, 4)] * 2, None, torch.zeros(2, dtype=torch.bool), torch.tensor([-1, -1])),
+        )
 
 
 def test_vqa_ignores_missing_answers():
     logits = torch.zeros(3, 4, requires_grad=True)
-    targets = Targets([torch.zeros(0, 4)] * 3, None, torch.zeros(3, dtype=torch.bool), torch.tensor([1, -1, 2]))
+    targets = Targets(
+        [torch.zeros(0, 4)] * 3, None, torch.zeros(3, dtype=torch.bool), torch.tensor([1, -1, 2])
+    )
     losses = build_criterion("vqa")({"pred_answer": logits}, targets)
     assert torch.isclose(losses["loss_answer"], torch.log(torch.tensor(4.0)))
     none = Targets([torch.zeros(0, 4)] * 3, None, torch.zeros(3, dtype=torch.bool), torch.full((3,), -1))

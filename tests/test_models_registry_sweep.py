@@ -92,7 +92,9 @@ def test_every_parameter_receives_a_gradient(name):
         losses["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{name}/{task}: no gradient for {missing[:5]}"
-        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
         assert not bad, f"{name}/{task}: non-finite gradient in {bad[:5]}"
 
 
@@ -131,7 +133,9 @@ def test_bad_inputs_raise_clear_value_errors(name):
         model(images[:0], empty)
     ids = text.token_ids.clone()
     ids[1, 3] = VOCAB + 7
-    with pytest.raises(ValueError, match=rf"token id {VOCAB + 7} at \[1, 3\] is outside the vocabulary of {VOCAB} words"):
+    with pytest.raises(
+        ValueError, match=rf"token id {VOCAB + 7} at \[1, 3\] is outside the vocabulary of {VOCAB} words"
+    ):
         model(images, TextBatch(ids, text.attention_mask))
     no_words = TextBatch(text.token_ids, torch.zeros_like(text.attention_mask))
     with pytest.raises(ValueError, match="no tokens"):

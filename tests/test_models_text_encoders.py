@@ -14,7 +14,9 @@ WORDS = ["<pad>", "<unk>", "the", "red", "cube", "left"]
 
 def _batch():
     ids = torch.tensor([[2, 3, 4, 5], [2, 4, 0, 0]])
-    return TextBatch(ids, ids != 0, ["the red cube left", "the cube"], [["the", "red", "cube", "left"], ["the", "cube"]])
+    return TextBatch(
+        ids, ids != 0, ["the red cube left", "the cube"], [["the", "red", "cube", "left"], ["the", "cube"]]
+    )
 
 
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
@@ -51,7 +53,11 @@ def test_glove_initialisation(tmp_path):
         f.write("2 3\nred 1 2 3\ncube 4 5 6\n")
     assert load_glove(gz, WORDS, 3)[1] == 2
     m = create_model(
-        "laconvnet_t", vocab_size=len(WORDS), word_dim=3, glove_path=str(path), vocab=Vocabulary(WORDS),
+        "laconvnet_t",
+        vocab_size=len(WORDS),
+        word_dim=3,
+        glove_path=str(path),
+        vocab=Vocabulary(WORDS),
         freeze_embeddings=True,
     )
     emb = m.text_encoder.embedding.weight

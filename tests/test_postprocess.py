@@ -86,7 +86,9 @@ def test_low_resolution_mask_is_upsampled_to_the_canvas_first():
 def test_mask_threshold_is_configurable():
     logits = torch.full((1, 1, 64, 64), logit(0.6))
     (loose,) = postprocess({"pred_masks": logits}, [T], [SIZE], "res")
-    (strict,) = postprocess({"pred_masks": logits}, [T], [SIZE], "res", config=PostprocessConfig(mask_threshold=0.7))
+    (strict,) = postprocess(
+        {"pred_masks": logits}, [T], [SIZE], "res", config=PostprocessConfig(mask_threshold=0.7)
+    )
     assert loose.mask.all() and not strict.mask.any()
     assert strict.boxes.shape == (0, 4)
 
@@ -101,7 +103,11 @@ def _box_set_outputs(no_target: float) -> dict[str, torch.Tensor]:
         ]
     )[None]
     scores = torch.tensor([[logit(0.95), logit(0.9), logit(0.8), logit(0.5)]])
-    return {"pred_box_set": box_set, "pred_box_logits": scores, "pred_no_target": torch.tensor([logit(no_target)])}
+    return {
+        "pred_box_set": box_set,
+        "pred_box_logits": scores,
+        "pred_no_target": torch.tensor([logit(no_target)]),
+    }
 
 
 def test_generalized_rec_thresholds_and_nms():

@@ -40,9 +40,7 @@ def _zero(ref: Tensor) -> Tensor:
     return ref.sum() * 0.0
 
 
-def assign_cells(
-    centers: Tensor, cell: Tensor, gt: Tensor, center_radius: float
-) -> tuple[Tensor, Tensor]:
+def assign_cells(centers: Tensor, cell: Tensor, gt: Tensor, center_radius: float) -> tuple[Tensor, Tensor]:
     """Positive cells of one sample and the referent each regresses.
 
     Args:
@@ -118,7 +116,9 @@ class GroundingCriterion(nn.Module):
             "loss_l1": F.l1_loss(p, gt),
         }
 
-    def _dense_box_losses(self, outputs: dict[str, Any], targets: Targets, has_target: Tensor) -> dict[str, Tensor]:
+    def _dense_box_losses(
+        self, outputs: dict[str, Any], targets: Targets, has_target: Tensor
+    ) -> dict[str, Tensor]:
         box_set = outputs["pred_box_set"].float()  # (B, N, 4)
         logits = outputs["pred_box_logits"].float()  # (B, N)
         centers = outputs["aux"]["cell_centers"].float()
@@ -144,7 +144,9 @@ class GroundingCriterion(nn.Module):
         }
 
     # ------------------------------------------------------------------ masks
-    def _mask_losses(self, outputs: dict[str, Any], targets: Targets, has_target: Tensor) -> dict[str, Tensor]:
+    def _mask_losses(
+        self, outputs: dict[str, Any], targets: Targets, has_target: Tensor
+    ) -> dict[str, Tensor]:
         logits = outputs["pred_masks"].float()
         if targets.masks is None:
             raise ValueError(f"task {self.task!r} needs Targets.masks (B, 1, H, W); got None")
@@ -190,4 +192,11 @@ def build_criterion(task: str, center_radius: float = 1.5, **weights: float) -> 
     return GroundingCriterion(task, w, center_radius)
 
 
-__all__ = ["DEFAULT_WEIGHTS", "GroundingCriterion", "assign_cells", "build_criterion", "dice_loss", "resize_masks"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "GroundingCriterion",
+    "assign_cells",
+    "build_criterion",
+    "dice_loss",
+    "resize_masks",
+]

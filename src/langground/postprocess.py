@@ -179,5 +179,7 @@ def _box_set(
     boxes, scores = boxes[keep], scores[keep]
     if boxes.shape[0] == 0:
         return empty
-    order = batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.long), cfg.nms_iou)[: cfg.max_boxes]
+    order = batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.long), cfg.nms_iou)[
+        : cfg.max_boxes
+    ]
     return boxes[order].numpy().astype(np.float32), scores[order].numpy().astype(np.float32)

@@ -27,10 +27,7 @@ def _dynamic_conv_macs(m: DynamicConv, args: tuple, out: Any) -> int:
 
 def _rnn_macs(m: nn.RNNBase, args: tuple, out: Any) -> int:
     x = args[0]
-    if x.dim() == 2:
-        steps = x.shape[0]
-    else:
-        steps = x.shape[0] * x.shape[1]
+    steps = x.shape[0] if x.dim() == 2 else x.shape[0] * x.shape[1]
     gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
     dirs = 2 if m.bidirectional else 1
     total, in_dim = 0, m.input_size
@@ -42,7 +39,7 @@ def _rnn_macs(m: nn.RNNBase, args: tuple, out: Any) -> int:
 
 def _encoder_layer_macs(m: nn.TransformerEncoderLayer, args: tuple, out: Any) -> int:
     x = args[0]
-    b, length, d = (x.shape if m.self_attn.batch_first else (x.shape[1], x.shape[0], x.shape[2]))
+    b, length, d = x.shape if m.self_attn.batch_first else (x.shape[1], x.shape[0], x.shape[2])
     ffn = m.linear1.out_features
     return b * length * (4 * d * d + 2 * d * ffn) + 2 * b * length * length * d
 

@@ -29,7 +29,9 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_latency(fn: Callable[[], Any], warmup: int = 5, runs: int = 20, device: str = "cpu") -> LatencyReport:
+def measure_latency(
+    fn: Callable[[], Any], warmup: int = 5, runs: int = 20, device: str = "cpu"
+) -> LatencyReport:
     t0 = time.perf_counter()
     fn()
     _sync(device)

@@ -26,6 +26,9 @@ def _mount() -> None:
 
     app.command("predict")(predict)
     app.command("demo")(demo)
+    from langground.cli import engine
+
+    engine.register(app)  # train, eval, presets
 
 
 def main() -> None:

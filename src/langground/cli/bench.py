@@ -25,7 +25,9 @@ def _human(n: float, unit: str = "") -> str:
 
 @user_errors
 def bench(
-    model: str = typer.Option(..., "--model", "-m", help="Registered model name (see `langground bench --help`)."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Registered model name (see `langground bench --help`)."
+    ),
     task: str = typer.Option("rec", help="rec | res | gref | gres | vqa"),
     size: int = typer.Option(416, help="Square input side in pixels."),
     batch: int = typer.Option(1, help="Batch size."),
@@ -34,7 +36,9 @@ def bench(
     runs: int = typer.Option(20, help="Timed calls; the median is reported."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile (Inductor, freezing)."),
-    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC memory format."),
+    channels_last: bool = typer.Option(
+        False, "--channels-last/--no-channels-last", help="NHWC memory format."
+    ),
     dtype: DType = typer.Option(DType.fp32, help="Weights and activations: fp32 or bf16."),
     fuse_bn: bool = typer.Option(True, "--fuse-bn/--no-fuse-bn", help="Fold BatchNorm into convs."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -79,7 +83,9 @@ def bench(
         f"{r.device}, {r.threads} threads, {r.dtype}, compile={r.compile}, channels_last={r.channels_last}, "
         f"fuse_bn={r.fuse_bn}",
     )
-    table.add_row("peak memory (RSS delta)", f"{r.peak_rss_delta_mb:.1f} MiB  (weights {r.weights_mb:.1f} MiB)")
+    table.add_row(
+        "peak memory (RSS delta)", f"{r.peak_rss_delta_mb:.1f} MiB  (weights {r.weights_mb:.1f} MiB)"
+    )
     load = ", ".join(f"{v:.2f}" for v in r.loadavg_before)
     table.add_row("load average before", f"{load}  (latency is only meaningful on an idle machine)")
     console.print(table)

@@ -94,7 +94,9 @@ def draw_grid(grounder: Any, samples: list[tuple[str, Any]], path: Path, title: 
         box = result["box"]
         pred = None if box is None else [box["xmin"], box["ymin"], box["xmax"], box["ymax"]]
         gt = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
-        iou = float(box_iou(np.asarray([pred], np.float32), gt).max()) if pred is not None and len(gt) else 0.0
+        iou = (
+            float(box_iou(np.asarray([pred], np.float32), gt).max()) if pred is not None and len(gt) else 0.0
+        )
         note = f"{split} · {rec.family or '-'} · IoU {iou:.2f}"
         tiles.append(draw_grounding_tile(image, rec.text, pred, gt.tolist(), correct=iou >= 0.5, note=note))
     save_atomically(grid(tiles, cols=4, title=title), path, "PNG")
@@ -102,13 +104,15 @@ def draw_grid(grounder: Any, samples: list[tuple[str, Any]], path: Path, title: 
 
 def _family_rows(metrics: dict[str, float], key: str = "rec/prec@0.5") -> dict[str, float]:
     prefix = f"{key}/family/"
-    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 @user_errors
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Demo directory (world, run, pictures)."),
-    preset: str = typer.Option(DEMO_PRESET, "--preset", "-p", help="Preset to train (the demo's by default)."),
+    preset: str = typer.Option(
+        DEMO_PRESET, "--preset", "-p", help="Preset to train (the demo's by default)."
+    ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value."),
     examples: int = typer.Option(16, "--examples", min=1, help="Scenes in the prediction grid."),
 ) -> None:
@@ -141,12 +145,14 @@ def demo(
     fresh_world = not root.exists() or (root.is_dir() and not any(root.iterdir()))
     t0 = time.perf_counter()
     if fresh_world:
-        console.print(f"[bold]1/4[/] generating the synthetic world ({config.data.synth}) in {root} ...",
-                      highlight=False)
+        console.print(
+            f"[bold]1/4[/] generating the synthetic world ({config.data.synth}) in {root} ...",
+            highlight=False,
+        )
     builders.ensure_dataset(config.data, generate=True)
     world_s = time.perf_counter() - t0
     console.print(
-        f"[bold]1/4[/] synthetic world: {root} ({'generated in %.0fs' % world_s if fresh_world else 'reused'})",
+        f"[bold]1/4[/] synthetic world: {root} ({f'generated in {world_s:.0f}s' if fresh_world else 'reused'})",
         highlight=False,
     )
 
@@ -157,7 +163,9 @@ def demo(
         console.print(f"[bold]2/4[/] training: reusing the finished run in {run_dir}", highlight=False)
     else:
         what = "resuming" if state == "resume" else "training"
-        console.print(f"[bold]2/4[/] {what} {config.model.name} ({config.name}) -> {run_dir}", highlight=False)
+        console.print(
+            f"[bold]2/4[/] {what} {config.model.name} ({config.name}) -> {run_dir}", highlight=False
+        )
         try:
             result = train(config, run_dir, resume=state == "resume", console=err_console)
         except TrainingDiverged as e:
@@ -166,7 +174,8 @@ def demo(
         if result.status != "completed":
             err_console.print(
                 f"training {result.status} at step {result.step}/{result.total_steps}; run the demo again to "
-                "continue", highlight=False,
+                "continue",
+                highlight=False,
             )
             raise typer.Exit(code=130 if result.status == "interrupted" else 1)
     run_result = json.loads((run_dir / "result.json").read_text())
@@ -180,8 +189,9 @@ def demo(
     for split in EVAL_SPLITS:
         records = builders.open_split(config.data, split)
         records_by_split[split] = records
-        res = evaluate_model(ckpt.model, records, ckpt.config, ckpt.vocab, ckpt.answers,
-                             device=torch.device("cpu"))
+        res = evaluate_model(
+            ckpt.model, records, ckpt.config, ckpt.vocab, ckpt.answers, device=torch.device("cpu")
+        )
         print_result(res, console, title=f"{split} ({res.task}, {res.count} expressions)")
         figures[split] = {
             "prec@0.5": res.metrics.get("rec/prec@0.5"),

@@ -25,7 +25,9 @@ def check_output_path(out: Path) -> str:
     """
     fmt = Image.registered_extensions().get(out.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
-        raise LanggroundError(f"{out}: unknown picture format {out.suffix or '(no extension)'!r}: use .png or .jpg")
+        raise LanggroundError(
+            f"{out}: unknown picture format {out.suffix or '(no extension)'!r}: use .png or .jpg"
+        )
     if out.is_dir():
         raise LanggroundError(f"{out}: is a directory, expected a picture file name")
     parent = out.parent
@@ -70,8 +72,11 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii"),
-            "area": int(mask.sum())}
+    return {
+        "size": [int(s) for s in rle["size"]],
+        "counts": rle["counts"].decode("ascii"),
+        "area": int(mask.sum()),
+    }
 
 
 def _table(results: list[Any], vqa: bool) -> Table:
@@ -89,7 +94,11 @@ def _table(results: list[Any], vqa: bool) -> Table:
         table.add_column(col)
     for r in results:
         box = r["box"]
-        box_s = "-" if box is None else f"{box['xmin']:.1f}, {box['ymin']:.1f}, {box['xmax']:.1f}, {box['ymax']:.1f}"
+        box_s = (
+            "-"
+            if box is None
+            else f"{box['xmin']:.1f}, {box['ymin']:.1f}, {box['xmax']:.1f}, {box['ymax']:.1f}"
+        )
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
         nt = "-" if r["no_target"] is None else f"{r['no_target']:.3f}"
         area = "-" if r["mask"] is None else str(int((np.asarray(r["mask"]) > 127).sum()))
@@ -102,7 +111,9 @@ def predict(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory, or a run directory (uses its best/)."),
     image: Path = typer.Argument(..., help="Image file (any size; RGB, RGBA, grey, palette, 16-bit)."),
     expressions: list[str] = typer.Argument(..., help="One or more referring expressions (or questions)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write a picture of the predictions (.png/.jpg)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write a picture of the predictions (.png/.jpg)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (masks as COCO RLE)."),
     explain: bool = typer.Option(
         False, "--explain", help="Add per-word cross-modal attention maps of the last stages to the picture."
@@ -139,7 +150,7 @@ def predict(
             picture = with_caption(pil, " | ".join(lines) or " ", max(12, pil.width // 40))
             if explain:
                 blocks = [picture] + [
-                    draw_explanation(pil, {}, r["expression"], r["words"], _last(r["attention"], stages))
+                    draw_explanation(pil, None, r["expression"], r["words"], _last(r["attention"], stages))
                     for r in results
                 ]
                 picture = stack([[b] for b in blocks])
@@ -147,15 +158,24 @@ def predict(
             picture = draw_predictions(pil, results, list(expressions))
             if explain:
                 blocks = [picture] + [
-                    draw_explanation(pil, r, r["expression"], r["words"], _last(r["attention"], stages))
+                    draw_explanation(pil, None, r["expression"], r["words"], _last(r["attention"], stages))
                     for r in results
                 ]
                 picture = stack([[b] for b in blocks])
         save_atomically(picture, out, fmt or "PNG")
 
     if as_json:
-        print(json.dumps({"image": str(image), "width": pil.width, "height": pil.height,
-                          "results": result_to_json(results)}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "image": str(image),
+                    "width": pil.width,
+                    "height": pil.height,
+                    "results": result_to_json(results),
+                },
+                indent=1,
+            )
+        )
     else:
         console.print(f"{image} ({pil.width}x{pil.height})", highlight=False)
         console.print(_table(results, vqa))

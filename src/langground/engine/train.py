@@ -501,6 +501,7 @@ class Trainer:
         values = {k: float(v) for k, v in sums.items()}
         if D.any_rank(not math.isfinite(values["loss"]), self.device):
             self._diverged(values)
+        values["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if run.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), run.clip_grad_norm)
@@ -548,7 +549,7 @@ class Trainer:
                         self.step += 1
                         self.train_seconds += time.perf_counter() - t0
                         window_steps += 1
-                        lr = self.optimizer.param_groups[0]["lr"]
+                        lr = values.pop("lr")
                         now = time.perf_counter()
                         speed = window_steps * samples_per_step / max(now - window_t, 1e-9)
                         progress.update(self.step, epoch + 1, values, speed, lr)

@@ -160,8 +160,10 @@ class Grounder:
         for i, t in enumerate(texts):
             if not t:
                 raise LanggroundError(f"image {i}: no expressions given: expected at least one")
+        # Text first (cheap), then pixels; the truncation warning points at the caller's line.
+        check_expressions([t for ts in texts for t in ts], self.max_text_length, stacklevel=3)
         pil = [load_image(im) for im in images]
-        outputs = self.ground(pil, texts, explain=explain, top_k=top_k)
+        outputs = self.ground(pil, texts, explain=explain, top_k=top_k, checked=True)
         shaped = [
             [self._shape(o, text, explain) for o, text in zip(outs, ts, strict=True)]
             for outs, ts in zip(outputs, texts, strict=True)
@@ -176,12 +178,16 @@ class Grounder:
         *,
         explain: bool = False,
         top_k: int = 5,
+        checked: bool = False,
     ) -> list[list[GroundingOutput]]:
-        """Lower-level :meth:`predict`: RGB PIL images and their expressions -> :class:`GroundingOutput` lists."""
+        """Lower-level :meth:`predict`: RGB PIL images and their expressions -> :class:`GroundingOutput` lists.
+
+        ``checked=True`` skips the expression checks (the caller ran :func:`check_expressions`).
+        """
         from langground.data.transforms import preprocess_image
 
-        flat = [text for texts in expressions for text in texts]
-        check_expressions(flat, self.max_text_length)
+        if not checked:
+            check_expressions([t for texts in expressions for t in texts], self.max_text_length, stacklevel=3)
         canvases, transforms, sizes = [], [], []
         for img in images:
             tensor, transform = preprocess_image(img, self.input_size)
@@ -218,7 +224,12 @@ class Grounder:
         raw = self.model(images, text)
         tfs, szs = [transforms[i] for i in idx], [sizes[i] for i in idx]
         preds = postprocess(
-            raw, tfs, szs, self.task, canvas_size=self.input_size, answer_vocab=self.answers,
+            raw,
+            tfs,
+            szs,
+            self.task,
+            canvas_size=self.input_size,
+            answer_vocab=self.answers,
             config=self.postprocess_config,
         )
         answers: list[list[tuple[str, float]]] = [[] for _ in chunk]
@@ -227,7 +238,10 @@ class Grounder:
             values, ids = probs.topk(min(max(1, top_k), probs.shape[-1]), dim=-1)
             names = self.answers
             answers = [
-                [(names[j] if names else str(j), float(v)) for v, j in zip(vs.tolist(), js.tolist(), strict=True)]
+                [
+                    (names[j] if names else str(j), float(v))
+                    for v, j in zip(vs.tolist(), js.tolist(), strict=True)
+                ]
                 for vs, js in zip(values, ids, strict=True)
             ]
         attention = self._attention(raw, text.tokens, tfs, szs) if explain else [None] * len(chunk)

@@ -63,7 +63,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        return Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=mode in _SIXTEEN_BIT_MODES)).convert("RGB")
+        return Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=mode in _SIXTEEN_BIT_MODES)).convert(
+            "RGB"
+        )
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
@@ -122,7 +124,7 @@ def load_image(image: ImageInput) -> Image.Image:
     )
 
 
-def check_expressions(expressions: Sequence[str], max_length: int | None) -> list[str]:
+def check_expressions(expressions: Sequence[str], max_length: int | None, stacklevel: int = 2) -> list[str]:
     """Validate expressions before encoding: no empty ones; warn (once per call) about truncation.
 
     Words outside the vocabulary are not an error: the vocabulary maps them to ``<unk>``.
@@ -144,6 +146,6 @@ def check_expressions(expressions: Sequence[str], max_length: int | None) -> lis
             f"{len(truncated)} expression(s) longer than the model's maximum of {max_length} words were "
             f"truncated to their first {max_length} words (e.g. {first!r})",
             TruncationWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return checked

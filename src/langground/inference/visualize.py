@@ -62,7 +62,9 @@ def label_size(size: tuple[int, int]) -> int:
     return max(11, round(max(size) * 0.035))
 
 
-def overlay_mask(image: Image.Image, mask: Any, color: tuple[int, int, int], alpha: float = 0.45) -> Image.Image:
+def overlay_mask(
+    image: Image.Image, mask: Any, color: tuple[int, int, int], alpha: float = 0.45
+) -> Image.Image:
     """Blend ``color`` over the pixels of ``mask`` (bool array or PIL "L") and outline the region."""
     m = np.asarray(mask) > (127 if isinstance(mask, Image.Image) else 0)
     if not m.any():
@@ -79,9 +81,14 @@ def overlay_mask(image: Image.Image, mask: Any, color: tuple[int, int, int], alp
 
 def _erode(m: np.ndarray) -> np.ndarray:
     padded = np.pad(m, 1, constant_values=False)
-    return (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
+    return padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+
+
+Rect = tuple[float, float, float, float]
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def draw_label(
@@ -92,8 +99,13 @@ def draw_label(
     image_size: tuple[int, int],
     size: int | None = None,
     above: bool = True,
-) -> None:
-    """A filled label at the box corner ``xy`` (above it when there is room, else inside), kept on-image."""
+    taken: list[Rect] | None = None,
+) -> Rect:
+    """A filled label at the box corner ``xy`` (above it when there is room, else inside), kept on-image.
+
+    ``taken`` holds the rectangles of labels drawn before: the label moves down until it overlaps none of
+    them (several expressions often point at the same object), and its own rectangle is appended.
+    """
     f = font(size or label_size(image_size))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=f)
     pad = max(2, f.size // 5) if hasattr(f, "size") else 3
@@ -101,12 +113,26 @@ def draw_label(
     x = min(max(0.0, xy[0]), max(0.0, image_size[0] - w))
     y = xy[1] - h if above and xy[1] - h >= 0 else xy[1]
     y = min(max(0.0, y), max(0.0, image_size[1] - h))
-    draw.rectangle((x, y, x + w, y + h), fill=color)
+    taken = taken if taken is not None else []
+    for _ in range(len(taken) + 1):
+        rect = (x, y, x + w, y + h)
+        hit = next((t for t in taken if _overlaps(rect, t)), None)
+        if hit is None:
+            break
+        y = hit[3] + 1 if hit[3] + 1 + h <= image_size[1] else max(0.0, hit[1] - h - 1)
+    rect = (x, y, x + w, y + h)
+    taken.append(rect)
+    draw.rectangle(rect, fill=color)
     draw.text((x + pad - left, y + pad - top), text, fill=_text_color(color), font=f)
+    return rect
 
 
 def draw_box(
-    draw: ImageDraw.ImageDraw, box: Sequence[float], color: tuple[int, int, int], width: int, dashed: bool = False
+    draw: ImageDraw.ImageDraw,
+    box: Sequence[float],
+    color: tuple[int, int, int],
+    width: int,
+    dashed: bool = False,
 ) -> None:
     """An ``xyxy`` outline drawn inside the box (so it never leaves the image); dashed for ground truth."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -114,8 +140,12 @@ def draw_box(
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=color, width=width)
         return
     dash = 3 * width
-    for a, b, horizontal, fixed in ((x0, x1, True, y0), (x0, x1, True, y1 - width), (y0, y1, False, x0),
-                                    (y0, y1, False, x1 - width)):
+    for a, b, horizontal, fixed in (
+        (x0, x1, True, y0),
+        (x0, x1, True, y1 - width),
+        (y0, y1, False, x0),
+        (y0, y1, False, x1 - width),
+    ):
         t = a
         while t < b:
             e = min(b, t + dash)
@@ -148,6 +178,7 @@ def draw_predictions(
     draw = ImageDraw.Draw(out)
     width = line_width(out.size)
     corner_y = 0.0
+    taken: list[Rect] = []
     for i, (result, text) in enumerate(zip(results, expressions, strict=True)):
         color = PALETTE[i % len(PALETTE)]
         boxes = [_box_of(b) for b in result.get("boxes", [])] or [_box_of(result)]
@@ -158,12 +189,12 @@ def draw_predictions(
         if not boxes:
             nt = result.get("no_target")
             label += "  (no target" + (f" {nt:.2f})" if nt is not None else ")")
-            draw_label(draw, (0, corner_y), label, color, out.size, above=False)
+            draw_label(draw, (0, corner_y), label, color, out.size, above=False, taken=taken)
             corner_y += label_size(out.size) * 1.6
             continue
         for box in boxes:
             draw_box(draw, box, color, width)
-        draw_label(draw, (boxes[0][0], boxes[0][1]), label, color, out.size)
+        draw_label(draw, (boxes[0][0], boxes[0][1]), label, color, out.size, taken=taken)
     return out
 
 
@@ -172,21 +203,29 @@ def _short(text: str, limit: int = 48) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def heatmap(values: np.ndarray) -> np.ndarray:
-    """``(H, W)`` values -> ``(H, W, 3)`` uint8 colours, min-max normalised (a flat map is all dark)."""
+def heatmap(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """``(H, W)`` values -> ``(H, W, 3)`` uint8 colours on ``[vmin, vmax]`` (default: the map's own range;
+    a flat map is all dark)."""
     v = np.asarray(values, np.float32)
-    lo, hi = float(v.min()), float(v.max())
-    v = (v - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(v)
+    lo = float(v.min()) if vmin is None else vmin
+    hi = float(v.max()) if vmax is None else vmax
+    v = np.clip((v - lo) / (hi - lo), 0.0, 1.0) if hi - lo > 1e-12 else np.zeros_like(v)
     pos = v * (len(_RAMP) - 1)
     i = np.clip(pos.astype(np.int64), 0, len(_RAMP) - 2)
     frac = (pos - i)[..., None]
     return ((1 - frac) * _RAMP[i] + frac * _RAMP[i + 1]).round().astype(np.uint8)
 
 
-def overlay_heatmap(image: Image.Image, values: np.ndarray, alpha: float = 0.6) -> Image.Image:
+def overlay_heatmap(
+    image: Image.Image,
+    values: np.ndarray,
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Image.Image:
     """Heat map of ``values`` (same size as ``image``) blended over a grey version of the image."""
     grey = np.asarray(image.convert("L").convert("RGB"), np.float32)
-    heat = heatmap(values).astype(np.float32)
+    heat = heatmap(values, vmin, vmax).astype(np.float32)
     return Image.fromarray(((1 - alpha) * grey + alpha * heat).round().astype(np.uint8))
 
 
@@ -234,28 +273,38 @@ def with_caption(tile: Image.Image, text: str, size: int) -> Image.Image:
 
 def draw_explanation(
     image: Image.Image,
-    result: Mapping[str, Any],
+    result: Mapping[str, Any] | None,
     expression: str,
     words: Sequence[str],
     stages: Mapping[str, np.ndarray],
     tile_width: int = 200,
 ) -> Image.Image:
-    """LaConvNet Fig. 6: the prediction, then per stage a row of per-word attention overlays.
+    """LaConvNet Fig. 6: per stage, a row of per-word cross-modal attention overlays.
 
     Args:
         image: the original image.
-        result: the Grounder result for ``expression`` (box / mask drawn on the first tile).
+        result: the Grounder result for ``expression``, drawn as a first small tile; ``None`` when the
+            prediction is shown elsewhere (the block then starts with the expression as a header).
         words: the tokens the model read (after truncation), one column each.
         stages: ``{stage name: (L, H, W)}`` attention in original pixels (L >= len(words)).
     """
     size = max(11, tile_width // 14)
-    pred = with_caption(_fit(draw_predictions(image, [result], [expression]), tile_width), expression, size)
-    rows: list[list[Image.Image]] = [[pred]]
+    if result is not None:
+        head = with_caption(
+            _fit(draw_predictions(image, [result], [expression]), tile_width), expression, size
+        )
+    else:
+        width = max(tile_width, round(tile_width * (len(words) + 0.4)))
+        head = _caption(f'attention per word: "{expression}"', width, round(size * 1.2))
+    rows: list[list[Image.Image]] = [[head]]
     for name, maps in stages.items():
         label = _caption(name, max(60, tile_width // 3), size)
         row: list[Image.Image] = [label]
+        # One colour scale per stage, from 0 to the stage's largest weight: the words compete for each
+        # position (softmax over words), so a word that draws little attention stays dark.
+        vmax = float(np.max(maps[: len(words)])) if len(words) else 1.0
         for k, word in enumerate(words):
-            tile = overlay_heatmap(image, maps[k])
+            tile = overlay_heatmap(image, maps[k], vmin=0.0, vmax=vmax)
             row.append(with_caption(_fit(tile, tile_width), f'"{word}"', size))
         rows.append(row)
     return stack(rows)

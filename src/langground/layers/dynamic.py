@@ -17,13 +17,17 @@ def _channels_last(t: Tensor) -> bool:
     return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def channel_groups(channels: int, groups: int, interleaved: bool, device: torch.device | None = None) -> Tensor:
+def channel_groups(
+    channels: int, groups: int, interleaved: bool, device: torch.device | None = None
+) -> Tensor:
     """Index of the kernel group used by each channel: ``c // (C/g)`` (contiguous) or ``c % g``."""
     c = torch.arange(channels, device=device)
     return c % groups if interleaved else c // (channels // groups)
 
 
-def shared_dynamic_dwconv(x: Tensor, weight: Tensor, kernel_size: int, dilation: int = 1, interleaved: bool = False) -> Tensor:
+def shared_dynamic_dwconv(
+    x: Tensor, weight: Tensor, kernel_size: int, dilation: int = 1, interleaved: bool = False
+) -> Tensor:
     """Depth-wise conv with per-sample, per-group kernels shared over positions.
 
     ``x: (B, C, H, W)``, ``weight: (B, g, k*k)``. The batch is folded into the channel groups so one
@@ -55,7 +59,11 @@ class DynamicConv(nn.Module):
             # one conversion of x and W to contiguous float32 up front is ~2x faster (and exact in fp32).
             fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
             out = laconv(
-                x.float().contiguous(), weight.float().contiguous(), self.kernel_size, self.dilation, self.interleaved
+                x.float().contiguous(),
+                weight.float().contiguous(),
+                self.kernel_size,
+                self.dilation,
+                self.interleaved,
             )
             return out.to(x.dtype, memory_format=fmt)
         return laconv(x, weight, self.kernel_size, dilation=self.dilation, interleaved=self.interleaved)

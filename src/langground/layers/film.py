@@ -14,7 +14,9 @@ from langground.layers.pooling import masked_mean
 
 
 class FiLMBlock(nn.Module):
-    def __init__(self, dim: int, text_dim: int, kernel_size: int = 7, act: str = "silu", mlp_ratio: int = 4, **_):
+    def __init__(
+        self, dim: int, text_dim: int, kernel_size: int = 7, act: str = "silu", mlp_ratio: int = 4, **_
+    ):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=False)
         self.norm = nn.BatchNorm2d(dim, affine=False)

@@ -103,7 +103,7 @@ class ParameterGenerator(nn.Module):
 
 
 class LanguageKernelGenerator(nn.Module):
-    """"Language only" ablation (Tab. 10): kernels from the sentence alone, shared over positions.
+    """ "Language only" ablation (Tab. 10): kernels from the sentence alone, shared over positions.
 
     Returns ``(B, g, k*k)`` kernels (no attention maps).
     """
@@ -112,7 +112,9 @@ class LanguageKernelGenerator(nn.Module):
         super().__init__()
         self.kernel_size, self.groups = kernel_size, groups
         self.mlp = nn.Sequential(
-            nn.Linear(text_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, kernel_size * kernel_size * groups)
+            nn.Linear(text_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, kernel_size * kernel_size * groups),
         )
         nn.init.normal_(self.mlp[-1].weight, std=1.0 / (kernel_size * math.sqrt(hidden)))
         nn.init.constant_(self.mlp[-1].bias, 1.0 / (kernel_size * kernel_size))

@@ -20,7 +20,9 @@ class AttentionPool(nn.Module):
     ``forward(x: (B, L, D), mask: (B, L) bool or None) -> (B, out_dim)``.
     """
 
-    def __init__(self, dim: int, out_dim: int, hidden: int | None = None, glimpses: int = 1, dropout: float = 0.1):
+    def __init__(
+        self, dim: int, out_dim: int, hidden: int | None = None, glimpses: int = 1, dropout: float = 0.1
+    ):
         super().__init__()
         hidden = hidden or dim
         self.glimpses = glimpses

@@ -84,7 +84,9 @@ class GroundingModel(nn.Module):
             raise LanggroundError(f"text must be a TextBatch, got {type(text).__name__}")
         ids, mask = text.token_ids, text.attention_mask
         if ids.dim() != 2 or ids.shape[0] == 0:
-            raise LanggroundError(f"empty text batch: token_ids must be (B, L) with B >= 1, got {tuple(ids.shape)}")
+            raise LanggroundError(
+                f"empty text batch: token_ids must be (B, L) with B >= 1, got {tuple(ids.shape)}"
+            )
         if ids.shape[1] == 0:
             raise LanggroundError("empty text batch: the expressions have no tokens (L = 0)")
         if mask.shape != ids.shape:

@@ -37,7 +37,9 @@ class FuseBlock(nn.Sequential):
     """Concatenated inputs -> 1x1 conv to ``out_dim`` -> ``depth`` residual 3x3 bottlenecks."""
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 1, act: str = "silu"):
-        super().__init__(ConvBNAct(in_dim, out_dim, 1, act=act), *[ResidualConv(out_dim, act) for _ in range(depth)])
+        super().__init__(
+            ConvBNAct(in_dim, out_dim, 1, act=act), *[ResidualConv(out_dim, act) for _ in range(depth)]
+        )
 
 
 def _up_to(x: Tensor, ref: Tensor) -> Tensor:
@@ -51,7 +53,9 @@ class MultiScaleFusion(nn.Module):
     ``N4 = fuse(down(P3), P4)``, ``N5 = fuse(down(N4), P5)``. Only the path the output needs is built.
     """
 
-    def __init__(self, in_dims: tuple[int, int, int], dim: int, out_stride: int = 32, depth: int = 1, act: str = "silu"):
+    def __init__(
+        self, in_dims: tuple[int, int, int], dim: int, out_stride: int = 32, depth: int = 1, act: str = "silu"
+    ):
         super().__init__()
         if out_stride not in (8, 16, 32):
             raise ValueError(f"fusion out_stride must be 8, 16 or 32, got {out_stride}")
@@ -89,7 +93,9 @@ class BoxHead(nn.Module):
     centre can still reach it, and no exp() can overflow.
     """
 
-    def __init__(self, in_dim: int, dim: int = 256, num_convs: int = 2, radius: float = 2.0, act: str = "silu"):
+    def __init__(
+        self, in_dim: int, dim: int = 256, num_convs: int = 2, radius: float = 2.0, act: str = "silu"
+    ):
         super().__init__()
         self.stem = ConvBNAct(in_dim, dim, 1, act=act)
         self.convs = nn.Sequential(*[ConvBNAct(dim, dim, 3, act=act) for _ in range(num_convs)])
@@ -122,7 +128,11 @@ class SegHead(nn.Module):
     """Dilated context on C5, then top-down fusion with C4, C3, C2 (stride 4) -> 1-channel mask logits."""
 
     def __init__(
-        self, in_dims: tuple[int, int, int, int], dim: int = 128, dilations: tuple[int, ...] = (1, 2, 3), act: str = "silu"
+        self,
+        in_dims: tuple[int, int, int, int],
+        dim: int = 128,
+        dilations: tuple[int, ...] = (1, 2, 3),
+        act: str = "silu",
     ):
         super().__init__()
         c2, c3, c4, c5 = in_dims
@@ -161,11 +171,16 @@ class _PooledFusion(nn.Module):
 class VQAHead(nn.Module):
     """Attentive pooling of the last visual map and the text, added, MLP -> ``(B, num_answers)`` logits."""
 
-    def __init__(self, vis_dim: int, text_dim: int, num_answers: int, hidden: int = 1024, dropout: float = 0.1):
+    def __init__(
+        self, vis_dim: int, text_dim: int, num_answers: int, hidden: int = 1024, dropout: float = 0.1
+    ):
         super().__init__()
         self.fuse = _PooledFusion(vis_dim, text_dim, hidden, dropout)
         self.mlp = nn.Sequential(
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_answers)
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_answers),
         )
 
     def forward(self, vis: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:

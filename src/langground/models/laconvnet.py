@@ -136,7 +136,9 @@ class LaConvBackbone(nn.Module):
         for i in range(NUM_STAGES):
             d = cfg.dims[i]
             self.downsample.append(
-                nn.Identity() if i == 0 else ConvBNAct(cfg.dims[i - 1], d, 2, stride=2, act="identity", padding=0)
+                nn.Identity()
+                if i == 0
+                else ConvBNAct(cfg.dims[i - 1], d, 2, stride=2, act="identity", padding=0)
             )
             kwargs: dict[str, Any] = dict(
                 kernel_size=cfg.kernel_size[i],
@@ -153,10 +155,14 @@ class LaConvBackbone(nn.Module):
                     num_heads=cfg.num_heads,
                     language_only=cfg.language_only,
                 )
-            self.stages.append(nn.ModuleList([block_cls(d, text_dim, **kwargs) for _ in range(cfg.depths[i])]))
+            self.stages.append(
+                nn.ModuleList([block_cls(d, text_dim, **kwargs) for _ in range(cfg.depths[i])])
+            )
         self.dims = list(cfg.dims)
 
-    def forward(self, x: Tensor, text: Tensor, text_mask: Tensor | None) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def forward(
+        self, x: Tensor, text: Tensor, text_mask: Tensor | None
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
         x = self.stem(x)
         feats: list[Tensor] = []
         maps: dict[str, Tensor] = {}
@@ -178,7 +184,9 @@ class LaConvNet(GroundingModel):
     supported_tasks = ("rec", "res", "gref", "gres", "vqa")
     size_divisor = 32
 
-    def __init__(self, cfg: LaConvNetConfig, glove_path: str | os.PathLike | None = None, vocab: object | None = None):
+    def __init__(
+        self, cfg: LaConvNetConfig, glove_path: str | os.PathLike | None = None, vocab: object | None = None
+    ):
         assert cfg.input_size is not None
         super().__init__(
             cfg.task, cfg.input_size, cfg.max_text_length, cfg.vocab_size, cfg.num_answers, cfg.to_dict()
@@ -200,7 +208,9 @@ class LaConvNet(GroundingModel):
         self.backbone = LaConvBackbone(cfg, cfg.text_dim)
         dims = cfg.dims
         if cfg.task in ("rec", "gref"):
-            self.neck = MultiScaleFusion((dims[2], dims[3], dims[4]), cfg.neck_dim, cfg.det_stride, cfg.neck_depth, cfg.act)
+            self.neck = MultiScaleFusion(
+                (dims[2], dims[3], dims[4]), cfg.neck_dim, cfg.det_stride, cfg.neck_depth, cfg.act
+            )
             self.box_head = BoxHead(cfg.neck_dim, cfg.neck_dim, cfg.det_convs, act=cfg.act)
         if cfg.task in ("res", "gres"):
             self.seg_head = SegHead((dims[1], dims[2], dims[3], dims[4]), cfg.seg_dim, act=cfg.act)
@@ -231,7 +241,9 @@ class LaConvNet(GroundingModel):
         if self.task == "vqa":
             out["pred_answer"] = self.vqa_head(feats[-1], txt.tokens, txt.mask)
         num_words = text.token_ids.shape[1]
-        aux["attention"] = {k: words_to_columns(v.float(), txt.word_index, num_words) for k, v in maps.items()}
+        aux["attention"] = {
+            k: words_to_columns(v.float(), txt.word_index, num_words) for k, v in maps.items()
+        }
         out["aux"] = aux
         return out
 

@@ -192,7 +192,11 @@ class MiniLMTextEncoder(nn.Module):
             raise ValueError("text_encoder='minilm' needs TextBatch.tokens or TextBatch.texts (the words)")
         words = [w if w else ["[UNK]"] for w in words]
         enc = self.tokenizer(
-            words, is_split_into_words=True, padding=True, truncation=True, max_length=self.max_length,
+            words,
+            is_split_into_words=True,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         )
         device = self.proj.weight.device

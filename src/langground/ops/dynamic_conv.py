@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,9 @@ _REDUCED = (torch.bfloat16, torch.float16)
 _FLOATS = (torch.float32, torch.float64, *_REDUCED)
 # Below this width a row of W - |dx| pixels is too short to vectorise well; see the module notes.
 _FLAT_MAX_WIDTH = 64
+_FORCE_PATH: str | None = None  # tests: "band", "flat" or "rows" for every call
+# Up to this many channels per group grad_W accumulates channel by channel (no scratch, no sum pass).
+_CHANNEL_LOOP_MAX = 4
 
 Window = tuple[int, int, int, int, int, int]  # (offset o, dy, dx, first output pixel, rows, cols)
 
@@ -145,132 +149,270 @@ def _windows(k: int, d: int, h: int, w: int, flat: bool) -> tuple[Window, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=64)
-def _column_masks(k: int, d: int, w: int, hw: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``(k, hw)``: 1 where flat pixel ``q`` shifted by column offset ``b*d - p`` stays inside its row."""
-    p = d * (k - 1) // 2
-    col = torch.arange(hw, device=device) % w
-    src = col.unsqueeze(0) + (torch.arange(k, device=device).unsqueeze(1) * d - p)
-    return ((src >= 0) & (src < w)).to(dtype)
+class _Step(NamedTuple):
+    """Everything one kernel offset needs, as ``as_strided`` arguments (offsets relative to the base)."""
+
+    o: int  # kernel offset a*k + b
+    src: int  # first source pixel (flat index) = dst + dy*W + dx
+    dst: int  # first output pixel
+    size: tuple[int, ...]  # channel window (N, g, C/g, rows, cols) or (N, C/g, g, rows, cols)
+    stride: tuple[int, ...]  # of a NCHW-contiguous map
+    k_size: tuple[int, ...]  # kernel slice (N, g, rows, cols)
+    k_stride: tuple[int, ...]  # ... in the kernel tensor's own strides
+    k_off: int
+    kb_stride: tuple[int, ...]  # kernel slice broadcast to ``size`` (stride 0 over a group's channels)
+    buf_stride: tuple[int, ...]  # compact (N, g, rows, cols) scratch copy of the slice ...
+    bufb_stride: tuple[int, ...]  # ... and its broadcast to ``size``
+    gw_stride: tuple[int, ...]  # (N, g, rows, cols) window of a contiguous (N, g, k*k, H, W) gradient
+    gw_off: int
+    chan_stride: tuple[int, ...]  # one channel per group, (N, g, rows, cols): channel i at + i*chan_step
+    chan_step: int
+    mask: Tensor | None  # column mask of a flat window with a column shift (wrapped pixels -> 0)
+    compact: bool  # the slice goes through the scratch copy (masked, or strided pixels)
 
 
-class _Plan:
-    """Geometry of one call: ``as_strided`` windows of NCHW-contiguous maps and of kernel slices.
-
-    Channel windows are ``(N, g, C/g, rows, cols)`` for contiguous groups and ``(N, C/g, g, rows, cols)``
-    for interleaved ones; kernel windows have the same shape with stride 0 over the group's channels.
-    Kernel tensors must have "flattenable" pixels (``stride(H) == W * stride(W)``), which contiguous and
-    channels-last layouts both have.
-    """
-
-    def __init__(self, x: Tensor, g: int, k: int, d: int, interleaved: bool):
-        n, c, h, w = x.shape
-        self.n, self.c, self.h, self.w, self.g, self.cg, self.k = n, c, h, w, g, c // g, k
-        self.flat = w < _FLAT_MAX_WIDTH and h > 1
-        self.windows = _windows(k, d, h, w, self.flat)
-        self.interleaved = interleaved
-        hw = h * w
+@lru_cache(maxsize=256)
+def _plan(
+    shape: tuple[int, int, int, int],
+    g: int,
+    k: int,
+    d: int,
+    interleaved: bool,
+    k_strides: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    flat: bool,
+) -> tuple[_Step, ...]:
+    """The per-offset view arguments of one call geometry (cached: a network reuses a few shapes)."""
+    n, c, h, w = shape
+    cg, hw, kk = c // g, h * w, k * k
+    sn, sg, so, _, sw = k_strides
+    masks = None
+    if flat:  # masks[b, q] = 1 if flat pixel q shifted by column offset b*d - p stays in its row
+        col = torch.arange(hw, device=device) % w
+        src = col.unsqueeze(0) + (torch.arange(k, device=device).unsqueeze(1) * d - d * (k - 1) // 2)
+        masks = ((src >= 0) & (src < w)).to(dtype)
+    steps = []
+    for o, dy, dx, start, rows, cols in _windows(k, d, h, w, flat):
         if interleaved:  # channel = i*g + grp
-            self.sizes = (n, self.cg, g)
-            self.chan_strides = (c * hw, g * hw, hw)
-            self.sum_dim = 1  # the group's channels, summed for grad_W
+            size, stride = (n, cg, g, rows, cols), (c * hw, g * hw, hw, w, 1)
+            kb, bufb = (sn, 0, sg, w * sw, sw), (g * rows * cols, 0, rows * cols, cols, 1)
+            chan, step = (c * hw, hw, w, 1), g * hw
         else:  # channel = grp*cg + i
-            self.sizes = (n, g, self.cg)
-            self.chan_strides = (c * hw, self.cg * hw, hw)
-            self.sum_dim = 2
-        self.masks = _column_masks(k, d, w, hw, x.dtype, x.device) if self.flat else None
+            size, stride = (n, g, cg, rows, cols), (c * hw, cg * hw, hw, w, 1)
+            kb, bufb = (sn, sg, 0, w * sw, sw), (g * rows * cols, rows * cols, 0, cols, 1)
+            chan, step = (c * hw, cg * hw, w, 1), hw
+        mask = masks[o % k, start : start + cols] if flat and dx != 0 else None
+        steps.append(
+            _Step(
+                o=o,
+                src=start + dy * w + dx,
+                dst=start,
+                size=size,
+                stride=stride,
+                k_size=(n, g, rows, cols),
+                k_stride=(sn, sg, w * sw, sw),
+                k_off=o * so + start * sw,
+                kb_stride=kb,
+                buf_stride=(g * rows * cols, rows * cols, cols, 1),
+                bufb_stride=bufb,
+                gw_stride=(g * kk * hw, kk * hw, w, 1),
+                gw_off=o * hw + start,
+                chan_stride=chan,
+                chan_step=step,
+                mask=mask,
+                compact=mask is not None or sw != 1,
+            )
+        )
+    return tuple(steps)
 
-    def maps(self, t: Tensor, start: int, rows: int, cols: int) -> Tensor:
-        """Window of a NCHW-contiguous (N, C, H, W) tensor, channels split into groups."""
-        return t.as_strided((*self.sizes, rows, cols), (*self.chan_strides, self.w, 1), t.storage_offset() + start)
 
-    def slice4(self, wt: Tensor, o: int, start: int, rows: int, cols: int) -> Tensor:
-        """``wt[:, :, o]`` window as (N, g, rows, cols); ``wt`` is (N, g, k*k, H, W) with flat pixels."""
-        sn, sg, so, _, sw = wt.stride()
-        return wt.as_strided((self.n, self.g, rows, cols), (sn, sg, self.w * sw, sw), wt.storage_offset() + o * so + start * sw)
+def _steps(t: Tensor, weight: Tensor | None, g: int, k: int, d: int, interleaved: bool) -> tuple[_Step, ...]:
+    n, c, h, w = t.shape
+    k_strides = weight.stride() if weight is not None else (g * k * k * h * w, k * k * h * w, h * w, w, 1)
+    flat = _path(t.shape, k, d) == "flat"
+    return _plan((n, c, h, w), g, k, d, interleaved, k_strides, t.dtype, t.device, flat)
 
-    def broadcast(self, s: Tensor) -> Tensor:
-        """(N, g, rows, cols) -> the channel-window shape, stride 0 over each group's channels."""
-        sn, sg, sr, sc = s.stride()
-        rows, cols = s.shape[2:]
-        if self.interleaved:
-            return s.as_strided((*self.sizes, rows, cols), (sn, 0, sg, sr, sc), s.storage_offset())
-        return s.as_strided((*self.sizes, rows, cols), (sn, sg, 0, sr, sc), s.storage_offset())
 
-    def kernel(self, wt: Tensor, o: int, dx: int, start: int, rows: int, cols: int, buf: Tensor) -> Tensor:
-        """Kernel slice of offset ``o`` broadcast over channels, ready for ``addcmul_``.
+def _kernel_slice(weight: Tensor, s: _Step, buf: Tensor) -> Tensor:
+    """Kernel slice of one offset broadcast over each group's channels, ready for ``addcmul_``.
 
-        Flat windows with a column shift multiply it by the column mask (into ``buf``) so the pixels that
-        wrap into the next row add zero; strided slices (kernels from a channels-last conv) are compacted
-        into ``buf`` too, because a strided operand halves the speed of the whole op.
-        """
-        s = self.slice4(wt, o, start, rows, cols)
-        masked = self.flat and dx != 0
-        if not masked and s.stride(-1) == 1:
-            return self.broadcast(s)
-        dst = buf[: s.numel()].view(s.shape)
-        if masked:
-            b = o % self.k
-            torch.mul(s, self.masks[b, start : start + cols], out=dst)
-        else:
-            dst.copy_(s)
-        return self.broadcast(dst)
+    Flat windows with a column shift multiply it by the column mask (into ``buf``) so the pixels that wrap
+    into the next row add zero; strided slices (kernels from a channels-last conv) are compacted into
+    ``buf`` as well, because one strided operand slows the whole op down.
+    """
+    base = weight.storage_offset() + s.k_off
+    if not s.compact:
+        return weight.as_strided(s.size, s.kb_stride, base)
+    src = weight.as_strided(s.k_size, s.k_stride, base)
+    dst = buf.as_strided(s.k_size, s.buf_stride, 0)
+    if s.mask is None:
+        dst.copy_(src)
+    else:
+        torch.mul(src, s.mask, out=dst)
+    return buf.as_strided(s.size, s.bufb_stride, 0)
 
 
 def _flattenable(t: Tensor) -> bool:
-    return t.stride(-2) == t.shape[-1] * t.stride(-1) or t.shape[-2] == 1
+    """Pixels addressable as one flat index (contiguous and channels-last kernels both are)."""
+    return t.stride(-2) == t.shape[-1] * t.stride(-1)
 
 
-def _prepare(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    x = x.contiguous()  # channels-last -> NCHW copy (see module notes)
+def _is_channels_last(t: Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _accumulate(
+    maps: Tensor, weight: Tensor, k: int, d: int, interleaved: bool, transpose: bool
+) -> Tensor:
+    """``out[win] += maps[win + shift] * W_o[win]`` (forward) or, ``transpose``d,
+    ``out[win + shift] += maps[win] * W_o[win]`` (grad_x): the offset loop shared by both."""
+    fmt = torch.channels_last if _is_channels_last(maps) else torch.contiguous_format
+    maps = maps.contiguous()  # channels-last -> NCHW copy (see the module notes)
     if not _flattenable(weight):
         weight = weight.contiguous()
-    return x, weight
+    n, c, h, w = maps.shape
+    g = weight.shape[1]
+    if _path(maps.shape, k, d) == "band":
+        out = _band_apply(maps, weight, k, d, interleaved, transpose)
+        return out.contiguous(memory_format=fmt) if fmt is torch.channels_last else out
+    acc_dtype = torch.float32 if maps.dtype in _REDUCED else maps.dtype
+    out = torch.empty(maps.shape, dtype=acc_dtype, device=maps.device)
+    buf = weight.new_empty(n * g * h * w)
+    base = maps.storage_offset()
+    for idx, s in enumerate(_steps(maps, weight, g, k, d, interleaved)):
+        kv = _kernel_slice(weight, s, buf)
+        mv = maps.as_strided(s.size, s.stride, base + (s.dst if transpose else s.src))
+        ov = out.as_strided(s.size, s.stride, s.src if transpose else s.dst)
+        if idx == 0 and acc_dtype == maps.dtype:
+            torch.mul(mv, kv, out=ov)  # the centre window covers every pixel: no zero fill needed
+        else:
+            if idx == 0:
+                out.zero_()  # reduced precision: addcmul_ into float32 forms each product in float32
+            ov.addcmul_(mv, kv)
+    out = out.to(maps.dtype)
+    return out.contiguous(memory_format=fmt) if fmt is torch.channels_last else out
+
+
+# ------------------------------------------------------------------------------- band-matrix path
+# On small maps (the last stages: 13x13 at 416^2, 7x7 at 224^2) an offset's op moves only a few thousand
+# pixels per group, so the offset loop is bound by per-op cost. There Eq. 2 is instead, per sample and
+# group, one matrix product ``out_g (C/g x HW) = x_g (C/g x HW) @ M_g (HW x HW)`` with the kernels laid on
+# the band ``M_g[p + shift_o, p] = W[g, o, p]``: ~HW/k^2 more multiply-adds, but at GEMM speed, and
+# three ops per chunk of groups instead of ~k^2 per pass. Backward: ``grad_x = grad_out @ M^T``,
+# ``grad_M = x^T @ grad_out`` read back along the same band. ``M`` has ``m`` margin rows above and below,
+# so every tap - including those that read padding - lands in ``M`` with one strided multiply by the
+# validity mask: out-of-image rows fall into the margins, and taps that wrap into the neighbouring image
+# row write 0 to an entry no valid tap uses (true while W > 2p). Chunks of groups keep ``M`` under
+# ``_BAND_BUDGET`` x the output.
+_BAND_MAX_PIXELS_PER_TAP = 5  # use the band when H*W <= this * k*k (measured crossover ~6-10)
+_BAND_BUDGET = 1.5  # largest band buffer, in units of the output tensor
+
+
+def _band_margin(k: int, d: int, w: int) -> int:
+    p = d * (k - 1) // 2
+    return p * w + p
+
+
+def _path(shape: tuple[int, ...], k: int, d: int) -> str:
+    """``"band"`` (small maps), ``"flat"`` (narrow maps) or ``"rows"``: the loop for this geometry."""
+    _, c, h, w = shape
+    hw = h * w
+    band_ok = w > d * (k - 1)  # no wrapped tap can collide with a valid one (see above)
+    if _FORCE_PATH is not None:  # tests pin a path; the band path still needs its condition
+        return _FORCE_PATH if _FORCE_PATH != "band" or band_ok else "flat"
+    rows = hw + 2 * _band_margin(k, d, w)
+    if band_ok and hw <= _BAND_MAX_PIXELS_PER_TAP * k * k and rows <= _BAND_BUDGET * c:
+        return "band"
+    return "flat" if w < _FLAT_MAX_WIDTH and h > 1 else "rows"
+
+
+@lru_cache(maxsize=64)
+def _band_mask(k: int, d: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(k, k, H, W)``: 1 where tap ``(a, b)`` at output pixel ``(i, j)`` reads inside the image."""
+    p = d * (k - 1) // 2
+    shift = torch.arange(k, device=device) * d - p
+    rows = (torch.arange(h, device=device).view(1, h) + shift.view(k, 1)).view(k, 1, h, 1)
+    cols = (torch.arange(w, device=device).view(1, w) + shift.view(k, 1)).view(1, k, 1, w)
+    return ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).to(dtype)
+
+
+class _Band:
+    """Views of one call of the band path: groups in chunks of ``chunk``, one sample at a time."""
+
+    def __init__(self, shape: tuple[int, ...], g: int, k: int, d: int, interleaved: bool, ref: Tensor):
+        n, c, h, w = shape
+        self.n, self.c, self.h, self.w, self.g, self.k, self.d = n, c, h, w, g, k, d
+        self.cg, self.hw, self.m = c // g, h * w, _band_margin(k, d, w)
+        self.rows = self.hw + 2 * self.m
+        self.chunk = max(1, min(g, int(_BAND_BUDGET * c // self.rows)))
+        self.interleaved = interleaved
+        self.mask = _band_mask(k, d, h, w, ref.dtype, ref.device)
+        # zeroed once: chunks rewrite every band entry, so the rest stays 0 (and the margins finite)
+        self.buf = torch.zeros(self.chunk, self.rows, self.hw, dtype=ref.dtype, device=ref.device)
+
+    def chunks(self):
+        for n in range(self.n):
+            for g0 in range(0, self.g, self.chunk):
+                yield n, g0, min(self.chunk, self.g - g0)
+
+    def maps(self, t: Tensor, n: int, g0: int, gc: int) -> Tensor:
+        """(gc, C/g, HW) channel matrices of groups g0.. of sample n of a NCHW-contiguous tensor."""
+        hw, cg = self.hw, self.cg
+        if self.interleaved:  # channel = i*g + grp
+            size, stride, off = (gc, cg, hw), (hw, self.g * hw, 1), g0 * hw
+        else:
+            size, stride, off = (gc, cg, hw), (cg * hw, hw, 1), g0 * cg * hw
+        return t.as_strided(size, stride, t.storage_offset() + n * self.c * hw + off)
+
+    def taps(self, t: Tensor, n: int, g0: int, gc: int) -> Tensor:
+        """(gc, k, k, H, W) kernels of groups g0.. of sample n, in ``t``'s own strides."""
+        sn, sg, so, sh, sw = t.stride()
+        return t.as_strided(
+            (gc, self.k, self.k, self.h, self.w), (sg, self.k * so, so, sh, sw), t.storage_offset() + n * sn + g0 * sg
+        )
+
+    def band(self, gc: int) -> Tensor:
+        """Every tap's entry ``M[p + shift + m, p]`` of the buffer as (gc, k, k, H, W)."""
+        hw, w, d = self.hw, self.w, self.d
+        return self.buf.as_strided(
+            (gc, self.k, self.k, self.h, w), (self.rows * hw, d * w * hw, d * hw, w * hw + w, hw + 1), 0
+        )
+
+    def matrix(self, gc: int) -> Tensor:
+        return self.buf[:gc, self.m : self.m + self.hw]
+
+
+def _band_apply(maps: Tensor, weight: Tensor, k: int, d: int, interleaved: bool, transpose: bool) -> Tensor:
+    """``out = maps @ M`` (forward) or ``maps @ M^T`` (grad_x), chunk by chunk."""
+    band = _Band(tuple(maps.shape), weight.shape[1], k, d, interleaved, maps)
+    out = torch.empty_like(maps)
+    for n, g0, gc in band.chunks():
+        torch.mul(band.taps(weight, n, g0, gc), band.mask, out=band.band(gc))
+        mat = band.matrix(gc)
+        torch.bmm(band.maps(maps, n, g0, gc), mat.transpose(1, 2) if transpose else mat, out=band.maps(out, n, g0, gc))
+    return out
+
+
+def _band_grad_weight(grad_out: Tensor, x: Tensor, weight_shape: list[int], k: int, d: int, interleaved: bool) -> Tensor:
+    """``grad_M = x^T @ grad_out`` per chunk, read back along the band (masked: padding taps get 0)."""
+    band = _Band(tuple(x.shape), weight_shape[1], k, d, interleaved, x)
+    gw = x.new_empty(weight_shape)
+    for n, g0, gc in band.chunks():
+        torch.bmm(band.maps(x, n, g0, gc).transpose(1, 2), band.maps(grad_out, n, g0, gc), out=band.matrix(gc))
+        torch.mul(band.band(gc), band.mask, out=band.taps(gw, n, g0, gc))
+    return gw
 
 
 # -------------------------------------------------------------------------------------- the kernels
 def _forward(x: Tensor, weight: Tensor, kernel_size: int, dilation: int, interleaved: bool) -> Tensor:
-    """Eq. 2, offset by offset: ``out[win] += x[win + shift] * W[:, :, o][win]`` (window views only)."""
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    x, weight = _prepare(x, weight)
-    plan = _Plan(x, weight.shape[1], kernel_size, dilation, interleaved)
-    acc_dtype = torch.float32 if x.dtype in _REDUCED else x.dtype
-    out = torch.empty(x.shape, dtype=acc_dtype, device=x.device)
-    kbuf = weight.new_empty(plan.n * plan.g * plan.h * plan.w)
-    for idx, (o, dy, dx, start, rows, cols) in enumerate(plan.windows):
-        kv = plan.kernel(weight, o, dx, start, rows, cols, kbuf)
-        xv = plan.maps(x, start + dy * plan.w + dx, rows, cols)
-        ov = plan.maps(out, start, rows, cols)
-        if idx == 0 and acc_dtype == x.dtype:
-            torch.mul(xv, kv, out=ov)  # the centre window covers every pixel: no zero fill needed
-        else:
-            if idx == 0:
-                out.zero_()  # reduced precision: products are formed in float32 by addcmul_ below
-            ov.addcmul_(xv, kv)
-    out = out.to(x.dtype)
-    return out.contiguous(memory_format=fmt) if fmt is torch.channels_last else out
+    """Eq. 2, offset by offset: ``out[win] += x[win + shift] * W_o[win]``."""
+    return _accumulate(x, weight, kernel_size, dilation, interleaved, transpose=False)
 
 
 def _grad_input(grad_out: Tensor, weight: Tensor, kernel_size: int, dilation: int, interleaved: bool) -> Tensor:
-    """``grad_x[win + shift] += grad_out[win] * W[:, :, o][win]``: the forward loop, shift reversed."""
-    fmt = torch.channels_last if _is_channels_last(grad_out) else torch.contiguous_format
-    grad_out, weight = _prepare(grad_out, weight)
-    plan = _Plan(grad_out, weight.shape[1], kernel_size, dilation, interleaved)
-    acc_dtype = torch.float32 if grad_out.dtype in _REDUCED else grad_out.dtype
-    gx = torch.empty(grad_out.shape, dtype=acc_dtype, device=grad_out.device)
-    kbuf = weight.new_empty(plan.n * plan.g * plan.h * plan.w)
-    for idx, (o, dy, dx, start, rows, cols) in enumerate(plan.windows):
-        kv = plan.kernel(weight, o, dx, start, rows, cols, kbuf)
-        gv = plan.maps(grad_out, start, rows, cols)
-        tv = plan.maps(gx, start + dy * plan.w + dx, rows, cols)
-        if idx == 0 and acc_dtype == grad_out.dtype:
-            torch.mul(gv, kv, out=tv)
-        else:
-            if idx == 0:
-                gx.zero_()
-            tv.addcmul_(gv, kv)
-    gx = gx.to(grad_out.dtype)
-    return gx.contiguous(memory_format=fmt) if fmt is torch.channels_last else gx
+    """``grad_x[win + shift] += grad_out[win] * W_o[win]``: the forward loop with the shift reversed."""
+    return _accumulate(grad_out, weight, kernel_size, dilation, interleaved, transpose=True)
 
 
 def _grad_weight(
@@ -278,23 +420,46 @@ def _grad_weight(
 ) -> Tensor:
     """``grad_W[:, :, o][win] = sum over the group's channels of grad_out[win] * x[win + shift]``."""
     grad_out, x = grad_out.contiguous(), x.contiguous()
-    plan = _Plan(x, weight_shape[1], kernel_size, dilation, interleaved)
-    gw = x.new_zeros(weight_shape)  # windows never cover padding-only terms: those stay 0
-    scratch = torch.empty_like(x).view(-1)  # the one output-sized buffer: products before the sum
-    for o, dy, dx, start, rows, cols in plan.windows:
-        gv = plan.maps(grad_out, start, rows, cols)
-        xv = plan.maps(x, start + dy * plan.w + dx, rows, cols)
-        prod = scratch[: gv.numel()].view(gv.shape)
-        torch.mul(gv, xv, out=prod)
-        gwv = plan.slice4(gw, o, start, rows, cols)
-        torch.sum(prod, plan.sum_dim, out=gwv)  # float32 accumulation for reduced dtypes too
-        if plan.flat and dx != 0:
-            gwv.mul_(plan.masks[o % kernel_size, start : start + cols])
+    n, c, h, w = x.shape
+    g = weight_shape[1]
+    if _path(x.shape, kernel_size, dilation) == "band":
+        return _band_grad_weight(grad_out, x, weight_shape, kernel_size, dilation, interleaved)
+    gw = x.new_zeros(weight_shape)  # windows skip the padding-only terms: those stay 0
+    go_base, x_base = grad_out.storage_offset(), x.storage_offset()
+    steps = _steps(x, None, g, kernel_size, dilation, interleaved)
+    if c // g <= _CHANNEL_LOOP_MAX and x.dtype not in _REDUCED:
+        # few channels per group: accumulate channel by channel, no scratch and no reduction pass
+        for s in steps:
+            gwv = gw.as_strided(s.k_size, s.gw_stride, s.gw_off)
+            for i in range(c // g):
+                gov = grad_out.as_strided(s.k_size, s.chan_stride, go_base + s.dst + i * s.chan_step)
+                xv = x.as_strided(s.k_size, s.chan_stride, x_base + s.src + i * s.chan_step)
+                gwv.addcmul_(gov, xv)
+            if s.mask is not None:
+                gwv.mul_(s.mask)
+        return gw
+    scratch = torch.empty(x.numel(), dtype=x.dtype, device=x.device)  # products before the channel sum
+    sum_dim = 1 if interleaved else 2
+    for s in steps:
+        prod = scratch.as_strided(s.size, _contiguous_strides(s.size), 0)
+        torch.mul(
+            grad_out.as_strided(s.size, s.stride, go_base + s.dst),
+            x.as_strided(s.size, s.stride, x_base + s.src),
+            out=prod,
+        )
+        gwv = gw.as_strided(s.k_size, s.gw_stride, s.gw_off)
+        torch.sum(prod, sum_dim, out=gwv)  # reductions accumulate reduced dtypes in float32
+        if s.mask is not None:
+            gwv.mul_(s.mask)
     return gw
 
 
-def _is_channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for extent in reversed(size):
+        strides.append(acc)
+        acc *= extent
+    return tuple(reversed(strides))
 
 
 # ------------------------------------------------------------- opaque custom ops for torch.compile

@@ -21,6 +21,7 @@ objects first); a draw that cannot be realised is rejected and drawn again.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,8 @@ from langground.data.synthetic.spec import (
     combination_possible,
 )
 
-_SLOT_TRIES = 10
+_SLOT_TRIES = 12
+_FAMILY_TRIES = 4
 
 
 @dataclass
@@ -136,26 +138,22 @@ def _relation(ctx: Ctx, rng: np.random.Generator, t: int) -> Expression | None:
 
 
 def _ordinal(ctx: Ctx, rng: np.random.Generator, t: int, max_k: int) -> Expression | None:
+    """"the k-th S from <direction>": k counted inside the objects matching S; no word redundant."""
     options = []
+    masks = ctx.masks(t)
     for direction in ORDINAL_DIRECTIONS:
-        k = popcount(ctx.masks(t)[()] & ctx.idx.rel[direction][t]) + 1
-
-        def ok(mask: int, k: int = k, direction: str = direction) -> bool:
-            return popcount(mask) >= 2 and ctx.idx.ordinal(mask, k, direction) == 1 << t
-
-        if k <= max_k:
-            options += [(direction, k, s) for s in ctx.minimal_subsets(t, ok)]
-        # Fewer words first: also consider S with k counted inside the filtered set.
-        for s in SUBSETS[1:]:
-            m = ctx.masks(t)[s]
-            ks = popcount(m & ctx.idx.rel[direction][t]) + 1
-            if ks <= max_k and popcount(m) >= 2 and ctx.idx.ordinal(m, ks, direction) == 1 << t:
-                drop = [ctx.masks(t)[tuple(a for a in s if a != x)] for x in s]
-                if all(ctx.idx.ordinal(d, ks, direction) != 1 << t for d in drop):
-                    options.append((direction, ks, s))
+        towards = ctx.idx.rel[direction][t]
+        for s in SUBSETS:
+            m = masks[s]
+            k = popcount(m & towards) + 1
+            if k > max_k or popcount(m) < 2 or not ctx.idx.is_kth(t, m, k, direction):
+                continue
+            drop = [masks[tuple(a for a in s if a != x)] for x in s]
+            if not any(ctx.idx.is_kth(t, d, k, direction) for d in drop):
+                options.append((direction, k, s))
     if not options:
         return None
-    direction, k, s = pick(rng, sorted(set(options)))
+    direction, k, s = pick(rng, options)
     values = ctx.values(t, s)
     b = ProgramBuilder()
     b.add("filter_ordinal", [b.filters(values)], [str(k), direction])
@@ -239,7 +237,7 @@ def _absent(ctx: Ctx, rng: np.random.Generator) -> Expression | None:
         attrs = sorted(_shuffled(rng, ATTRIBUTES)[:k], key=ATTRIBUTES.index)
         # Values mostly taken from present objects, so each word alone matches something.
         values = {
-            a: (idx.values[int(rng.integers(idx.n))][a] if (k > 1 or rng.random() < 0.2) else pick(rng, VALUES[a]))
+            a: idx.values[int(rng.integers(idx.n))][a] if k > 1 else pick(rng, VALUES[a])
             for a in attrs
         }
         if not combination_possible(values, ctx.condition):
@@ -281,7 +279,7 @@ def _false_relation(ctx: Ctx, rng: np.random.Generator) -> Expression | None:
         o = pick(rng, candidates)
         others = idx.all & ~(1 << a)
 
-        def ok(mask: int) -> bool:
+        def ok(mask: int, others: int = others, opposite: int = opposite) -> bool:
             m = mask & others
             return m != 0 and m & ~opposite == 0  # present, and all clearly on the other side
 
@@ -336,28 +334,34 @@ def generate_expressions(
     for _slot in range(config.expressions_per_image):
         no_target = bool(neg) and rng.random() < config.no_target_rate
         for _try in range(_SLOT_TRIES):
+            # The family stays fixed for a few targets before it is redrawn, so hard families keep
+            # their share instead of losing every slot to the easy ones.
+            if _try % _FAMILY_TRIES == 0:
+                fams, w = (neg, nw) if no_target else (pos, pw)
+                fam = fams[int(rng.choice(len(fams), p=w / w.sum()))]
             if no_target:
-                fam = neg[int(rng.choice(len(neg), p=nw / nw.sum()))]
                 expr = _absent(ctx, rng) if fam == "absent" else _false_relation(ctx, rng)
             else:
-                fam = pos[int(rng.choice(len(pos), p=pw / pw.sum()))]
                 members = thirds[strata[int(rng.integers(len(strata)))]]
                 p = 1.0 / (1.0 + used[members])
                 t = members[int(rng.choice(len(members), p=p / p.sum()))]
-                if fam == "attribute":
-                    expr = _attribute(ctx, rng, t)
-                elif fam == "relation":
-                    expr = _relation(ctx, rng, t)
-                elif fam == "ordinal":
-                    expr = _ordinal(ctx, rng, t, config.max_ordinal)
-                elif fam == "same_attribute":
-                    expr = _same_attribute(ctx, rng, t)
-                else:
-                    expr = _multi(ctx, rng, t)
-            if expr is None or expr.text in seen or not _verified(expr, ctx):
+                expr = _BUILDERS[fam](ctx, rng, t, config)
+            if expr is None:
                 continue
-            seen.add(expr.text)
+            key = json.dumps(expr.program)
+            if expr.text in seen or key in seen or not _verified(expr, ctx):
+                continue
+            seen.update((expr.text, key))
             used[expr.targets] += 1
             out.append(expr)
             break
     return out
+
+
+_BUILDERS: dict[str, Any] = {
+    "attribute": lambda ctx, rng, t, cfg: _attribute(ctx, rng, t),
+    "relation": lambda ctx, rng, t, cfg: _relation(ctx, rng, t),
+    "ordinal": lambda ctx, rng, t, cfg: _ordinal(ctx, rng, t, cfg.max_ordinal),
+    "same_attribute": lambda ctx, rng, t, cfg: _same_attribute(ctx, rng, t),
+    "multi": lambda ctx, rng, t, cfg: _multi(ctx, rng, t),
+}

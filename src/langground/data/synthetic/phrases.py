@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.synthetic.programs import Program, SceneIndex, popcount
+from langground.data.synthetic.programs import Program, SceneIndex
 from langground.data.synthetic.spec import (
     ATTRIBUTES,
     NOUN_FOR_NO_SHAPE,
@@ -26,6 +26,9 @@ from langground.data.synthetic.spec import (
 
 # Every subset of the attribute types, smallest first, as tuples in the canonical order.
 SUBSETS: tuple[tuple[str, ...], ...] = tuple(c for k in range(len(ATTRIBUTES) + 1) for c in combinations(ATTRIBUTES, k))
+SUBSETS_OF_SIZE: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
+    tuple(combinations(ATTRIBUTES, k)) for k in range(len(ATTRIBUTES) + 1)
+)
 
 
 def pick(rng: np.random.Generator, seq: Any) -> Any:
@@ -86,6 +89,7 @@ class Ctx:
         self.width = float(width)
         self.condition = condition
         self._masks: dict[int, dict[tuple[str, ...], int]] = {}
+        self._unique: dict[tuple[int, tuple[str, ...]], list[tuple[str, ...]]] = {}
 
     @property
     def n(self) -> int:
@@ -109,12 +113,16 @@ class Ctx:
 
     def minimal_unique(self, obj: int, exclude: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
         """Smallest attribute subsets (avoiding ``exclude``) that single out ``obj``."""
-        masks, target = self.masks(obj), 1 << obj
-        for k in range(len(ATTRIBUTES) + 1):
-            found = [s for s in SUBSETS if len(s) == k and masks[s] == target and not set(s) & set(exclude)]
-            if found:
-                return found
-        return []
+        key = (obj, exclude)
+        if key not in self._unique:
+            masks, target = self.masks(obj), 1 << obj
+            found: list[tuple[str, ...]] = []
+            for subsets in SUBSETS_OF_SIZE:
+                found = [s for s in subsets if masks[s] == target and not set(s) & set(exclude)]
+                if found:
+                    break
+            self._unique[key] = found
+        return self._unique[key]
 
     def anchor(self, obj: int, rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> Anchor | None:
         subs = self.minimal_unique(obj, exclude)
@@ -143,7 +151,3 @@ class Ctx:
 def with_anchor(b: ProgramBuilder, anchor: Anchor) -> int:
     """Nodes for "the <anchor phrase>" ending in ``unique``."""
     return b.add("unique", [b.filters(anchor.values)])
-
-
-def count_bits(mask: int) -> int:
-    return popcount(mask)

@@ -71,14 +71,20 @@ class SceneIndex:
     def same(self, attr: str, obj: int) -> int:
         return self.has(attr, self.values[obj][attr]) & ~(1 << obj)
 
+    def is_kth(self, obj: int, mask: int, k: int, direction: str) -> bool:
+        """Whether ``obj`` (in ``mask``) is clearly the set's k-th object counted from ``direction``:
+        k-1 members lie in ``direction`` of it and all the others in the opposite direction."""
+        if not mask >> obj & 1:
+            return False
+        others = mask & ~(1 << obj)
+        before = others & self.rel[direction][obj]
+        return popcount(before) == k - 1 and others & ~before == others & self.rel[OPPOSITE[direction]][obj]
+
     def ordinal(self, mask: int, k: int, direction: str) -> int:
-        """Bitmask of the set's k-th object from ``direction`` (0 when that rank is not clear)."""
-        towards = self.rel[direction]
-        away = self.rel[OPPOSITE[direction]]
+        """Bitmask of the set's k-th object from ``direction`` (0 when that rank is not clear).
+        At most one object can qualify: margins make the relations transitive along an axis."""
         for i in bits(mask):
-            others = mask & ~(1 << i)
-            before = others & towards[i]
-            if popcount(before) == k - 1 and (others & ~before) == (others & away[i]):
+            if self.is_kth(i, mask, k, direction):
                 return 1 << i
         return 0
 
@@ -183,7 +189,7 @@ def run_program(program: Program, scene: Any) -> Any:
         return None
     if isinstance(res, _Obj):
         return [int(res)]
-    if isinstance(res, bool) or isinstance(res, str):
+    if isinstance(res, (bool, str)):
         return res
     fn = program[-1]["function"]
     if fn == "count":

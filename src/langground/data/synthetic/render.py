@@ -128,17 +128,19 @@ def _shade(sprite: Sprite, color: str, material: str, lt: _Light, lit: Lighting)
             n0 = (xs - cx) / rad  # along the camera's right axis
             n1 = -(ys - cy) / rad  # along its up axis
             n2 = np.sqrt(np.clip(1.0 - n0 * n0 - n1 * n1, 0.0, 1.0))  # towards the camera
-            dot = lambda c: n0 * c[0] + n1 * c[1] + n2 * c[2]  # noqa: E731
-            nv, ny = n2, dot(lt.y)
+            nl = n0 * lt.l[0] + n1 * lt.l[1] + n2 * lt.l[2]
+            nh = n0 * lt.h[0] + n1 * lt.h[1] + n2 * lt.h[2]
+            nv, ny = n2, n0 * lt.y[0] + n1 * lt.y[1] + n2 * lt.y[2]
         else:  # cylinder side: horizontal normal from the pixel's position across the side
             ub, ut, vb, vt, ab, at = data
             f = np.clip((ys - vb) / (vt - vb if abs(vt - vb) > 1e-6 else 1.0), 0.0, 1.0)
             t = np.clip((xs - (ub + (ut - ub) * f)) / (ab + (at - ab) * f), -1.0, 1.0)
             tz = -np.sqrt(1.0 - t * t)  # world normal (t, 0, tz), facing the camera
-            dot = lambda c: t * c[0] + tz * c[2]  # noqa: E731
-            nv, ny = dot(lt.view), 0.0
-        diff = np.clip(dot(lt.l if kind == "sphere" else lit.light), 0.0, None)
-        nh = np.clip(dot(lt.h if kind == "sphere" else lt.half), 0.0, None)
+            nl = t * lit.light[0] + tz * lit.light[2]
+            nh = t * lt.half[0] + tz * lt.half[2]
+            nv, ny = t * lt.view[0] + tz * lt.view[2], 0.0
+        diff = np.clip(nl, 0.0, None)
+        nh = np.clip(nh, 0.0, None)
         if metal:
             refl_y = 2.0 * nv * ny - lt.view[1]  # height of the reflected view ray: sky above, floor below
             env = np.where(refl_y > 0, 0.55 + 0.45 * refl_y, 0.18)
