@@ -94,7 +94,7 @@ def _workspace(op: Op, x: torch.Tensor, w: torch.Tensor, go: torch.Tensor, k: in
 
 def _time(ops: dict[str, Op], args: tuple, k: int, repeats: dict[str, int]) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in ops}
-    for name, op in ops.items():  # warm-up (allocator, caches)
+    for op in ops.values():  # warm-up (allocator, caches)
         _fwd_bwd(op, *args, k)
     for r in range(max(repeats.values())):
         for name, op in ops.items():

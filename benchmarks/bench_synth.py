@@ -78,7 +78,9 @@ def main() -> None:
         shutil.rmtree(root)
     exprs = sum(c["expressions"] for c in manifest["counts"].values())
     print(f"generate_world: {args.images} images at {w}x{h}, workers={args.workers}")
-    print(f"  wall {wall:.2f} s -> {args.images / wall:.1f} images/s ({args.images / wall / args.workers:.1f} per worker)")
+    print(
+        f"  wall {wall:.2f} s -> {args.images / wall:.1f} images/s ({args.images / wall / args.workers:.1f} per worker)"
+    )
     if args.workers == 1:
         print(f"  CPU  {cpu:.2f} s -> {args.images / cpu:.1f} images/s per core")
     print(f"  expressions/image {exprs / args.images:.2f}")

@@ -4,7 +4,18 @@
 >>> rec = ds[0]; rec.text, rec.boxes, rec.load_mask().shape  # doctest: +SKIP
 """
 
-from langground.data import grefcoco, refer  # noqa: F401  (registers the layouts)
+# Importing each layout module registers its dataset names.
+from langground.data import (  # noqa: F401
+    clevr,
+    clevr_ref,
+    flickr30k,
+    grefcoco,
+    mdetr,
+    refer,
+    simrec,
+    synth,
+    transvg,
+)
 from langground.data.base import (
     ALL_SPLITS,
     DatasetProtocol,

@@ -41,7 +41,7 @@ from langground.engine import checkpoint as ckpt_io
 from langground.engine import distributed as D
 from langground.engine.ema import ModelEma
 from langground.engine.evaluate import EvalResult, evaluate_model
-from langground.engine.logging import RunLogger, TrainProgress, draw_examples, truncate_jsonl
+from langground.engine.logging import METRICS_FILE, RunLogger, TrainProgress, draw_examples, truncate_jsonl
 from langground.engine.metrics import PRIMARY_METRIC
 from langground.engine.optim import build_optimizer, build_scheduler
 from langground.errors import LanggroundError
@@ -254,6 +254,10 @@ class Trainer:
             prepare_run_dir(self.run_dir, self.resume)
             if self.resume:
                 check_resume_config(cfg, load_config(self.run_dir / ckpt_io.CONFIG), self.run_dir)
+                # The steps after the checkpoint are logged again (before the log file is opened).
+                latest = ckpt_io.latest_checkpoint(self.run_dir)
+                assert latest is not None  # prepare_run_dir checked
+                truncate_jsonl(self.run_dir / METRICS_FILE, int(latest.name.removeprefix("step-")))
         D.barrier()
         if run.num_threads:
             torch.set_num_threads(run.num_threads)
@@ -363,8 +367,6 @@ class Trainer:
         self.last_checkpoint = latest
         rng = state["rng"]
         restore_rng(rng[self.info.rank] if isinstance(rng, list) else rng)
-        if self.is_main:
-            truncate_jsonl(self.run_dir / "metrics.jsonl", self.step)
         self.logger.print(f"resuming {self.run_dir} from step {self.step} ({latest.name})")
 
     # ---------------------------------------------------------------- checkpoints

@@ -90,7 +90,7 @@ class BoxHead(nn.Module):
 
     Decoding (normalized canvas units): ``cx = (j + 0.5 + r * tanh(tx)) / W``, ``cy`` likewise,
     ``w = sigmoid(tw)``, ``h = sigmoid(th)``: bounded, so a cell up to ``r`` cells from the referent's
-    centre can still reach it, and no exp() can overflow.
+    centre can still reach it, and no exp() can overflow. Centres are clamped to the canvas.
     """
 
     def __init__(
@@ -112,8 +112,8 @@ class BoxHead(nn.Module):
         b, _, h, w = out.shape
         ys = (torch.arange(h, device=out.device, dtype=out.dtype) + 0.5) / h
         xs = (torch.arange(w, device=out.device, dtype=out.dtype) + 0.5) / w
-        cx = xs.view(1, 1, w) + self.radius * torch.tanh(out[:, 0]) / w
-        cy = ys.view(1, h, 1) + self.radius * torch.tanh(out[:, 1]) / h
+        cx = (xs.view(1, 1, w) + self.radius * torch.tanh(out[:, 0]) / w).clamp(0.0, 1.0)
+        cy = (ys.view(1, h, 1) + self.radius * torch.tanh(out[:, 1]) / h).clamp(0.0, 1.0)
         boxes = torch.stack((cx, cy, torch.sigmoid(out[:, 2]), torch.sigmoid(out[:, 3])), dim=-1)
         centers = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
         return {

@@ -2,7 +2,8 @@
 
 Importing this module fails without ``triton``; :func:`langground.ops.dynamic_conv.triton_available`
 turns that into "use the PyTorch fast path". The kernels are direct transcriptions of the definition,
-one program per (sample, channel or group) and block of pixels, accumulating in float32:
+one program per (sample, channel or group) and block of pixels, accumulating in float32 (float64
+for float64 inputs):
 
 * forward: ``out[c, q] = sum_o x[c, q + s_o] * W[grp(c), o, q]`` (taps reading padding masked off);
 * grad_x, as a gather (no atomics): ``gx[c, q] = sum_o go[c, q - s_o] * W[grp(c), o, q - s_o]``;
@@ -29,7 +30,7 @@ def _laconv_fwd_kernel(
     sxn, sxc, sxh, sxw,
     swn, swg, swo, swh, sww,
     son, soc, soh, sow,
-    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     nc = tl.program_id(0).to(tl.int64)
     n = nc // C
@@ -44,14 +45,14 @@ def _laconv_fwd_kernel(
     j = q % W
     x_base = x_ptr + n * sxn + c * sxc
     w_base = w_ptr + n * swn + grp * swg
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=ACC)
     for a in tl.static_range(K):
         for b in tl.static_range(K):
             si = i + (a * DIL - DIL * (K - 1) // 2)
             sj = j + (b * DIL - DIL * (K - 1) // 2)
             ok = inside & (si >= 0) & (si < H) & (sj >= 0) & (sj < W)
-            xv = tl.load(x_base + si * sxh + sj * sxw, mask=ok, other=0.0).to(tl.float32)
-            wv = tl.load(w_base + (a * K + b) * swo + i * swh + j * sww, mask=inside, other=0.0).to(tl.float32)
+            xv = tl.load(x_base + si * sxh + sj * sxw, mask=ok, other=0.0).to(ACC)
+            wv = tl.load(w_base + (a * K + b) * swo + i * swh + j * sww, mask=inside, other=0.0).to(ACC)
             acc += xv * wv
     tl.store(out_ptr + n * son + c * soc + i * soh + j * sow, acc.to(out_ptr.dtype.element_ty), mask=inside)
 
@@ -63,7 +64,7 @@ def _laconv_grad_x_kernel(
     sgn, sgc, sgh, sgw,
     swn, swg, swo, swh, sww,
     sxn, sxc, sxh, sxw,
-    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     nc = tl.program_id(0).to(tl.int64)
     n = nc // C
@@ -78,15 +79,15 @@ def _laconv_grad_x_kernel(
     j = q % W
     go_base = go_ptr + n * sgn + c * sgc
     w_base = w_ptr + n * swn + grp * swg
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=ACC)
     for a in tl.static_range(K):
         for b in tl.static_range(K):
             # output pixel (oi, oj) read this input pixel through tap (a, b)
             oi = i - (a * DIL - DIL * (K - 1) // 2)
             oj = j - (b * DIL - DIL * (K - 1) // 2)
             ok = inside & (oi >= 0) & (oi < H) & (oj >= 0) & (oj < W)
-            gv = tl.load(go_base + oi * sgh + oj * sgw, mask=ok, other=0.0).to(tl.float32)
-            wv = tl.load(w_base + (a * K + b) * swo + oi * swh + oj * sww, mask=ok, other=0.0).to(tl.float32)
+            gv = tl.load(go_base + oi * sgh + oj * sgw, mask=ok, other=0.0).to(ACC)
+            wv = tl.load(w_base + (a * K + b) * swo + oi * swh + oj * sww, mask=ok, other=0.0).to(ACC)
             acc += gv * wv
     tl.store(gx_ptr + n * sxn + c * sxc + i * sxh + j * sxw, acc.to(gx_ptr.dtype.element_ty), mask=inside)
 
@@ -98,7 +99,7 @@ def _laconv_grad_w_kernel(
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
     swn, swg, swo, swh, sww,
-    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK: tl.constexpr,
+    K: tl.constexpr, DIL: tl.constexpr, INTERLEAVED: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     ng = tl.program_id(0).to(tl.int64)
     n = ng // G
@@ -112,17 +113,22 @@ def _laconv_grad_w_kernel(
             si = i + (a * DIL - DIL * (K - 1) // 2)
             sj = j + (b * DIL - DIL * (K - 1) // 2)
             ok = inside & (si >= 0) & (si < H) & (sj >= 0) & (sj < W)
-            acc = tl.zeros((BLOCK,), dtype=tl.float32)
+            acc = tl.zeros((BLOCK,), dtype=ACC)
             for t in range(CG):
                 if INTERLEAVED:
                     c = t * G + grp
                 else:
                     c = grp * CG + t
-                gv = tl.load(go_ptr + n * sgn + c * sgc + i * sgh + j * sgw, mask=ok, other=0.0).to(tl.float32)
-                xv = tl.load(x_ptr + n * sxn + c * sxc + si * sxh + sj * sxw, mask=ok, other=0.0).to(tl.float32)
+                gv = tl.load(go_ptr + n * sgn + c * sgc + i * sgh + j * sgw, mask=ok, other=0.0).to(ACC)
+                xv = tl.load(x_ptr + n * sxn + c * sxc + si * sxh + sj * sxw, mask=ok, other=0.0).to(ACC)
                 acc += gv * xv
             dst = gw_ptr + n * swn + grp * swg + (a * K + b) * swo + i * swh + j * sww
             tl.store(dst, acc.to(gw_ptr.dtype.element_ty), mask=inside)
+
+
+def _acc(t: Tensor) -> tl.dtype:
+    """Accumulator type: float64 for float64 inputs, float32 for everything else."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
 def _grid(rows: int, h: int, w: int) -> tuple[int, int]:
@@ -135,7 +141,7 @@ def _forward(x: Tensor, weight: Tensor, k: int, d: int, interleaved: bool) -> Te
     out = torch.empty_like(x)
     _laconv_fwd_kernel[_grid(n * c, h, w)](
         x, weight, out, c, h, w, g, c // g, *x.stride(), *weight.stride(), *out.stride(),
-        K=k, DIL=d, INTERLEAVED=interleaved, BLOCK=_BLOCK,
+        K=k, DIL=d, INTERLEAVED=interleaved, ACC=_acc(x), BLOCK=_BLOCK,
     )  # fmt: skip
     return out
 
@@ -146,7 +152,7 @@ def _grad_input(grad_out: Tensor, x: Tensor, weight: Tensor, k: int, d: int, int
     gx = torch.empty_like(x)
     _laconv_grad_x_kernel[_grid(n * c, h, w)](
         grad_out, weight, gx, c, h, w, g, c // g, *grad_out.stride(), *weight.stride(), *gx.stride(),
-        K=k, DIL=d, INTERLEAVED=interleaved, BLOCK=_BLOCK,
+        K=k, DIL=d, INTERLEAVED=interleaved, ACC=_acc(x), BLOCK=_BLOCK,
     )  # fmt: skip
     return gx
 
@@ -157,7 +163,7 @@ def _grad_weight(grad_out: Tensor, x: Tensor, weight: Tensor, k: int, d: int, in
     gw = torch.empty_like(weight)
     _laconv_grad_w_kernel[_grid(n * g, h, w)](
         grad_out, x, gw, h, w, g, c // g, *grad_out.stride(), *x.stride(), *gw.stride(),
-        K=k, DIL=d, INTERLEAVED=interleaved, BLOCK=_BLOCK,
+        K=k, DIL=d, INTERLEAVED=interleaved, ACC=_acc(x), BLOCK=_BLOCK,
     )  # fmt: skip
     return gw
 

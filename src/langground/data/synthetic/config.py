@@ -94,7 +94,9 @@ class SynthConfig:
         if w < 64 or h < 48 or w > 4096 or h > 4096:
             raise bad("size", self.size, "(width, height) between 64x48 and 4096x4096")
         if not 1 <= self.min_objects <= self.max_objects <= 10:
-            raise bad("min_objects/max_objects", (self.min_objects, self.max_objects), "1 <= min <= max <= 10")
+            raise bad(
+                "min_objects/max_objects", (self.min_objects, self.max_objects), "1 <= min <= max <= 10"
+            )
         if not 0.0 <= self.no_target_rate <= 1.0:
             raise bad("no_target_rate", self.no_target_rate, "a number in [0, 1]")
         unknown = set(self.split_fractions) - set(SPLITS)

@@ -138,7 +138,8 @@ def _relation(ctx: Ctx, rng: np.random.Generator, t: int) -> Expression | None:
 
 
 def _ordinal(ctx: Ctx, rng: np.random.Generator, t: int, max_k: int) -> Expression | None:
-    """"the k-th S from <direction>": k counted inside the objects matching S; no word redundant."""
+    """The k-th S from a direction ("the second cube from the left"), k counted among the objects
+    matching S; no word redundant."""
     options = []
     masks = ctx.masks(t)
     for direction in ORDINAL_DIRECTIONS:
@@ -201,8 +202,14 @@ def _multi(ctx: Ctx, rng: np.random.Generator, t: int) -> Expression | None:
                 if found is None:
                     continue
                 values, anchor = found
-                targets = bits(ctx.masks(t)[tuple(x for x in ATTRIBUTES if x in values)] & ctx.idx.rel[rel][a])
-                head = pick(rng, ("all", "all the")) if len(targets) > 2 else pick(rng, ("all", "all the", "both"))
+                targets = bits(
+                    ctx.masks(t)[tuple(x for x in ATTRIBUTES if x in values)] & ctx.idx.rel[rel][a]
+                )
+                head = (
+                    pick(rng, ("all", "all the"))
+                    if len(targets) > 2
+                    else pick(rng, ("all", "all the", "both"))
+                )
                 that = pick(rng, ("", "that are "))
                 text = (
                     f"{head} {noun_phrase(values, rng, plural=True)} {that}{relation_words(rel, rng)} the "
@@ -226,7 +233,11 @@ def _multi(ctx: Ctx, rng: np.random.Generator, t: int) -> Expression | None:
     targets = bits(ctx.masks(t)[s])
     b = ProgramBuilder()
     b.filters(values)
-    head = pick(rng, ("all", "all the")) if len(targets) > 2 else pick(rng, ("all", "all the", "both", "both the"))
+    head = (
+        pick(rng, ("all", "all the"))
+        if len(targets) > 2
+        else pick(rng, ("all", "all the", "both", "both the"))
+    )
     return Expression("multi", f"{head} {noun_phrase(values, rng, plural=True)}", b.nodes, targets)
 
 
@@ -237,8 +248,7 @@ def _absent(ctx: Ctx, rng: np.random.Generator) -> Expression | None:
         attrs = sorted(_shuffled(rng, ATTRIBUTES)[:k], key=ATTRIBUTES.index)
         # Values mostly taken from present objects, so each word alone matches something.
         values = {
-            a: idx.values[int(rng.integers(idx.n))][a] if k > 1 else pick(rng, VALUES[a])
-            for a in attrs
+            a: idx.values[int(rng.integers(idx.n))][a] if k > 1 else pick(rng, VALUES[a]) for a in attrs
         }
         if not combination_possible(values, ctx.condition):
             continue
@@ -247,9 +257,7 @@ def _absent(ctx: Ctx, rng: np.random.Generator) -> Expression | None:
             mask &= idx.has(a, v)
         if mask:
             continue
-        if k > 1 and any(
-            not _match(idx, {a: v for a, v in values.items() if a != x}) for x in values
-        ):
+        if k > 1 and any(not _match(idx, {a: v for a, v in values.items() if a != x}) for x in values):
             continue  # some word is not needed for the absence
         b = ProgramBuilder()
         b.filters(values)

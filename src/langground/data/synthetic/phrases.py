@@ -25,7 +25,9 @@ from langground.data.synthetic.spec import (
 )
 
 # Every subset of the attribute types, smallest first, as tuples in the canonical order.
-SUBSETS: tuple[tuple[str, ...], ...] = tuple(c for k in range(len(ATTRIBUTES) + 1) for c in combinations(ATTRIBUTES, k))
+SUBSETS: tuple[tuple[str, ...], ...] = tuple(
+    c for k in range(len(ATTRIBUTES) + 1) for c in combinations(ATTRIBUTES, k)
+)
 SUBSETS_OF_SIZE: tuple[tuple[tuple[str, ...], ...], ...] = tuple(
     tuple(combinations(ATTRIBUTES, k)) for k in range(len(ATTRIBUTES) + 1)
 )
@@ -40,7 +42,8 @@ def synonym(word: str, rng: np.random.Generator) -> str:
 
 
 def noun_phrase(values: dict[str, str], rng: np.random.Generator, plural: bool = False) -> str:
-    """"small red metal cube" with synonyms drawn per word; "thing"/"object" when the shape is not said."""
+    """The words for ``values`` ("small red metal cube"), synonyms drawn per word; "thing"/"object"
+    when the shape is not said."""
     words = [synonym(values[a], rng) for a in ("size", "color", "material") if a in values]
     noun = synonym(values.get("shape", NOUN_FOR_NO_SHAPE), rng)
     return " ".join(words + [PLURALS[noun] if plural else noun])
@@ -58,7 +61,9 @@ class ProgramBuilder:
     def __init__(self) -> None:
         self.nodes: Program = []
 
-    def add(self, fn: str, inputs: tuple[int, ...] | list[int] = (), values: tuple[str, ...] | list[str] = ()) -> int:
+    def add(
+        self, fn: str, inputs: tuple[int, ...] | list[int] = (), values: tuple[str, ...] | list[str] = ()
+    ) -> int:
         self.nodes.append({"function": fn, "inputs": list(inputs), "value_inputs": [str(v) for v in values]})
         return len(self.nodes) - 1
 

@@ -162,7 +162,9 @@ def _apply(i: int, fn: str, ins: list[Any], vals: Sequence[Any], idx: SceneIndex
     if fn == "filter_ordinal":
         k, direction = _check_value(i, fn, vals, 2)
         if direction not in RELATIONS or not k.isdigit() or int(k) < 1:
-            raise DataError(f"program node {i} (filter_ordinal): expected [k >= 1, direction], got {list(vals)}")
+            raise DataError(
+                f"program node {i} (filter_ordinal): expected [k >= 1, direction], got {list(vals)}"
+            )
         return idx.ordinal(ins[0], int(k), direction)
     if fn == "count":
         return popcount(ins[0])
@@ -227,16 +229,17 @@ def _prune(nodes: list[dict[str, Any]]) -> Program:
         if i in keep:
             keep.update(nodes[i]["inputs"])
     new_id = {old: new for new, old in enumerate(sorted(keep))}
-    return [
-        {**nodes[i], "inputs": [new_id[j] for j in nodes[i]["inputs"]]} for i in sorted(keep)
-    ]
+    return [{**nodes[i], "inputs": [new_id[j] for j in nodes[i]["inputs"]]} for i in sorted(keep)]
 
 
 def without_node(program: Program, k: int) -> Program:
     """The program with node ``k``'s words removed: a filter/ordinal is bypassed, a relation or
     same-attribute clause (and its anchor phrase) becomes the whole scene."""
     fn = program[k]["function"]
-    nodes = [dict(n, inputs=list(n.get("inputs", [])), value_inputs=list(n.get("value_inputs", []))) for n in program]
+    nodes = [
+        dict(n, inputs=list(n.get("inputs", [])), value_inputs=list(n.get("value_inputs", [])))
+        for n in program
+    ]
     if fn in BYPASSABLE:
         src = nodes[k]["inputs"][0]
         for n in nodes:

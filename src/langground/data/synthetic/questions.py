@@ -63,7 +63,11 @@ class _Set:
         return f"{np_} {relation_words(self.rel, rng)} the {noun_phrase(self.anchor.values, rng)}"
 
     def key(self) -> tuple[Any, ...]:
-        return (tuple(sorted(self.values.items())), self.rel, None if self.anchor is None else self.anchor.obj)
+        return (
+            tuple(sorted(self.values.items())),
+            self.rel,
+            None if self.anchor is None else self.anchor.obj,
+        )
 
 
 def _random_set(ctx: Ctx, rng: np.random.Generator, absent_ok: bool = True) -> _Set | None:
@@ -138,7 +142,11 @@ def _query(ctx: Ctx, rng: np.random.Generator, attr: str) -> Question | None:
         b.add(f"query_{attr}", [b.add("unique", [b.filters(values)])])
         np_ = noun_phrase(values, rng)
         noun = ATTRIBUTE_NOUN[attr]
-        forms = [f"What {noun} is the {np_}?", f"What is the {noun} of the {np_}?", f"The {np_} is what {noun}?"]
+        forms = [
+            f"What {noun} is the {np_}?",
+            f"What is the {noun} of the {np_}?",
+            f"The {np_} is what {noun}?",
+        ]
         if attr == "material":
             forms.append(f"What is the {np_} made of?")
         elif attr == "size":
@@ -168,7 +176,13 @@ def _compare(ctx: Ctx, rng: np.random.Generator) -> Question | None:
         elif op == "less_than":
             text = f"Are there fewer {p1} than {p2}?"
         else:
-            text = pick(rng, (f"Are there the same number of {p1} and {p2}?", f"Is the number of {p1} the same as the number of {p2}?"))
+            text = pick(
+                rng,
+                (
+                    f"Are there the same number of {p1} and {p2}?",
+                    f"Is the number of {p1} the same as the number of {p2}?",
+                ),
+            )
         return Question("compare_count", text, b.nodes, "yes" if want else "no")
     return None
 

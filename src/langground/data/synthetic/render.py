@@ -43,7 +43,7 @@ def sample_lighting(rng: np.random.Generator) -> Lighting:
     light = np.array([lx, ly, lz])
     return Lighting(
         light=light / np.linalg.norm(light),
-        ambient=float(rng.uniform(0.30, 0.42)),
+        ambient=float(rng.uniform(0.22, 0.32)),
         intensity=float(rng.uniform(0.85, 1.05)),
         floor=float(rng.uniform(150.0, 185.0)),
         tilt=float(rng.uniform(-0.12, 0.12)),
@@ -117,7 +117,9 @@ def _shade(sprite: Sprite, color: str, material: str, lt: _Light, lit: Lighting)
                 yy, xx = np.nonzero(m)
                 t = ((ys - yy.min()) / max(1, np.ptp(yy)) + (xs - xx.min()) / max(1, np.ptp(xx))) * 0.5
                 sheen = np.exp(-(((t - 0.35) / 0.16) ** 2)) * (140.0 * lit.intensity)
-                shade = ((0.22 + 0.55 * diff + (0.15 if data[1] > 0.5 else 0.0)) * lit.intensity) * (1.1 - 0.35 * t)
+                shade = ((0.22 + 0.55 * diff + (0.15 if data[1] > 0.5 else 0.0)) * lit.intensity) * (
+                    1.1 - 0.35 * t
+                )
                 px = albedo * shade[..., None] + sheen[..., None]
                 out[m] = px[m]
             else:
@@ -154,7 +156,9 @@ def _shade(sprite: Sprite, color: str, material: str, lt: _Light, lit: Lighting)
     return out
 
 
-def render_scene(scene: Scene, size: tuple[int, int] | None = None, rng: np.random.Generator | None = None) -> Rendered:
+def render_scene(
+    scene: Scene, size: tuple[int, int] | None = None, rng: np.random.Generator | None = None
+) -> Rendered:
     """Draw ``scene`` at ``size`` (default: the size it was sampled for) with lighting drawn from ``rng``.
 
     Returns the RGB image and the visible mask of every object (silhouette minus nearer objects).
@@ -165,7 +169,9 @@ def render_scene(scene: Scene, size: tuple[int, int] | None = None, rng: np.rand
     if tuple(scene.size) == size and len(scene.sprites) == len(scene.objects):
         sprites = scene.sprites
     else:
-        sprites = [make_sprite(o.shape, o.size, o.x, o.z, o.rotation, scene.camera, size) for o in scene.objects]
+        sprites = [
+            make_sprite(o.shape, o.size, o.x, o.z, o.rotation, scene.camera, size) for o in scene.objects
+        ]
     lit = sample_lighting(rng)
     floor = _floor(size, lit)
     _shadow(floor, scene, size, lit)

@@ -172,7 +172,9 @@ def _try_layout(
     return objects, sprites, depth
 
 
-def sample_scene(rng: np.random.Generator, config: SynthConfig, condition: str | None, split: str = "train") -> Scene:
+def sample_scene(
+    rng: np.random.Generator, config: SynthConfig, condition: str | None, split: str = "train"
+) -> Scene:
     """Draw a scene: object count, attributes under CoGenT ``condition``, non-overlapping floor positions.
 
     Every object lies fully inside the image and keeps at least ``config.min_visible_fraction`` of its

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from langground.data.synthetic.config import SynthConfig
+from langground.data.synthetic.config import SPLITS, SynthConfig
 from langground.data.synthetic.expressions import generate_expressions
 from langground.data.synthetic.questions import generate_questions
 from langground.data.synthetic.render import render_scene
@@ -76,7 +76,11 @@ def build_image(index: int, split: str, config: SynthConfig, images_dir: Path | 
                 **o.attrs(),
                 "3d_coords": [round(c, 4) for c in o.coords_3d],
                 "rotation": round(o.rotation, 3),
-                "pixel_coords": [round(o.pixel_coords[0], 3), round(o.pixel_coords[1], 3), round(o.pixel_coords[2], 4)],
+                "pixel_coords": [
+                    round(o.pixel_coords[0], 3),
+                    round(o.pixel_coords[1], 3),
+                    round(o.pixel_coords[2], 4),
+                ],
                 "bbox": [x0, y0, int(xs[-1]) - x0 + 1, int(ys[-1]) - y0 + 1],
                 "area": int(areas[i]),
                 "rle": {"size": [h, w], "counts": rles[i]["counts"].decode("ascii")},
@@ -98,7 +102,8 @@ def build_image(index: int, split: str, config: SynthConfig, images_dir: Path | 
             {"family": e.family, "text": e.text, "program": e.program, "targets": e.targets} for e in exprs
         ],
         "questions": [
-            {"family": q.family, "question": q.question, "program": q.program, "answer": q.answer} for q in quests
+            {"family": q.family, "question": q.question, "program": q.program, "answer": q.answer}
+            for q in quests
         ],
     }
 
@@ -133,6 +138,11 @@ def default_workers() -> int:
 
 
 # --- writing --------------------------------------------------------------------------------------------
+
+
+def check_output_dir(out: str | Path) -> None:
+    """Raise ``DataError`` unless ``out`` is absent or an empty directory (checked again before renaming)."""
+    _check_target(Path(out))
 
 
 def _check_target(out: Path) -> None:
@@ -265,7 +275,7 @@ def _assemble(results: list[dict[str, Any]], config: SynthConfig) -> dict[str, A
         "format_version": FORMAT_VERSION,
         "seed": config.seed,
         "config": config.to_dict(),
-        "counts": {s: dict(counts[s]) for s in counts},
+        "counts": {s: dict(counts[s]) for s in SPLITS if s in counts},
         "expression_families": dict(sorted(families.items())),
         "question_families": dict(sorted(q_families.items())),
         "relation_margins": margins,

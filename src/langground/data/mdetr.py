@@ -1,0 +1,151 @@
+"""MDETR refexp layout: ``finetune_{refcoco,refcoco+,refcocog}_{split}.json``.
+
+COCO-style, but ONE image entry per expression: the entry carries ``caption``, ``original_id`` (the
+COCO image id), ``file_name``, ``height``/``width`` (and ``tokens_negative``, ``dataset_name``...);
+its annotations carry ``bbox`` (xywh) and ``tokens_positive`` (character spans of the caption that
+name the object). Looked for in ``<root>``, ``<root>/mdetr_annotations`` and ``<root>/annotations``;
+images under ``<root>/train2014``, ``<root>/images/train2014`` or ``<root>/coco/train2014``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from langground.data.base import ALL_SPLITS, Problem, RecordDataset, check_split, register_dataset
+from langground.data.coco import compact_segmentation, read_json
+from langground.data.images import image_size, pick_image_dir
+from langground.data.protocols import REFCOCO, REFCOCO_PLUS, REFCOCOG_UMD
+from langground.errors import DataError
+from langground.ops import masks as M
+from langground.types import GroundingRecord
+
+_PROTOCOLS = {"refcoco": REFCOCO, "refcoco+": REFCOCO_PLUS, "refcocog": REFCOCOG_UMD}
+_ANN_DIRS = ("", "mdetr_annotations", "annotations")
+_IMAGE_DIRS = ("train2014", "images/train2014", "coco/train2014", "images/mscoco/images/train2014", "images")
+
+
+def _ann_files(root: Path, dataset: str) -> dict[str, Path]:
+    prefix = f"finetune_{dataset}_"
+    found: dict[str, Path] = {}
+    for sub in _ANN_DIRS:
+        for p in sorted((root / sub).glob(f"{prefix}*.json")):
+            split = p.name[len(prefix) : -len(".json")]
+            if split:
+                found.setdefault(split, p)
+    return found
+
+
+class MdetrDataset(RecordDataset):
+    layout = "mdetr"
+
+    def __init__(self, *, root: Path, name: str, split: str, dataset: str, files: list[Path],
+                 entries: list[tuple[Any, ...]], anns: dict[tuple[str, int], list[tuple[Any, ...]]],
+                 image_dir: Path, candidates: list[Path], problems: list[Problem]) -> None:
+        super().__init__(root=root, name=name, split=split, protocol=_PROTOCOLS[dataset],
+                         image_dirs=candidates, task="rec", files=files)
+        self.entries = entries  # (split, entry id, coco image id, file name, h, w, caption, extra meta)
+        self.anns = anns  # (split, entry id) -> [(ann id, bbox xywh, tokens_positive, segmentation)]
+        self.image_dir = image_dir
+        self.split_names = sorted({e[0] for e in entries}) or [split]
+        self.index_problems.extend(problems)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.split_names)
+
+    def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
+        split, eid, image_id, fname, h, w, caption, extra = self.entries[i]
+        path = self.image_dir / fname
+        if not (h and w):
+            h, w = image_size(path, f"entry {eid}") if resolve_size else (0, 0)
+        anns = self.anns.get((split, eid), [])
+        boxes = np.asarray([a[1] for a in anns], np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        segs = [a[3] for a in anns]
+        loader = None
+        if anns and all(s is not None for s in segs):
+            loader = functools.partial(self._mask, eid, str(path), tuple(segs))
+        meta = dict(extra)
+        meta["tokens_positive"] = [a[2] for a in anns]
+        return GroundingRecord(
+            sample_id=str(eid), image_id=image_id, image_path=str(path), image_size=(h, w), text=caption,
+            boxes=boxes, no_target=not anns, dataset=self.name, split=split, raw_text=caption,
+            ann_ids=tuple(a[0] for a in anns), mask_loader=loader, meta=meta,
+        )
+
+    def _mask(self, eid: int, path: str, segs: tuple[Any, ...]) -> np.ndarray:
+        h, w = image_size(path, f"entry {eid}")
+        try:
+            return M.union_rle([M.segmentation_to_rle(s, h, w) for s in segs], (h, w))
+        except ValueError as e:
+            raise DataError(f"{self.files[0]}: entry {eid}: bad segmentation: {e}") from None
+
+
+def _read(path: Path, split: str, entries: list[Any], anns: dict[Any, list[Any]], problems: list[Problem]) -> None:
+    def hook(d: dict[str, Any]) -> Any:
+        if "bbox" in d and "image_id" in d:
+            aid = d.get("original_id", d.get("id"))
+            seg = compact_segmentation(d["segmentation"]) if d.get("segmentation") else None
+            bbox = d["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4):
+                raise DataError(f"{path}: annotation {aid}: bbox {bbox!r} is not [x, y, w, h]")
+            anns.setdefault((split, int(d["image_id"])), []).append(
+                (aid, bbox, d.get("tokens_positive", []), seg))
+            return None
+        if "file_name" in d and "id" in d:
+            if "caption" not in d:
+                raise DataError(f"{path}: image entry {d['id']}: missing key 'caption' (MDETR refexp layout)")
+            extra = {k: d[k] for k in ("tokens_negative", "dataset_name", "sentence_id", "tokens_positive_eval")
+                     if k in d}
+            image_id = d.get("original_id", d.get("original_img_id", d["id"]))
+            entries.append((split, int(d["id"]), image_id, d["file_name"], int(d.get("height") or 0),
+                            int(d.get("width") or 0), d["caption"], extra))
+            return None
+        return d
+
+    n0 = len(entries)
+    top = read_json(path, hook)
+    if not isinstance(top, dict) or "images" not in top or "annotations" not in top:
+        raise DataError(f"{path}: missing key 'images'/'annotations' (expected an MDETR finetune json)")
+    ids = [e[1] for e in entries[n0:]]
+    if len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        for x in ids:
+            if x in seen:
+                problems.append(Problem("duplicate id", f"entry {x}", f"{path.name}: image entry id repeats"))
+            seen.add(x)
+
+
+def open_mdetr(root: Path, split: str, *, name: str, dataset: str, image_dir: str | Path | None = None) -> MdetrDataset:
+    files = _ann_files(root, dataset)
+    if not files:
+        raise DataError(f"{root}: no finetune_{dataset}_<split>.json (looked in {', '.join(_ANN_DIRS[1:])} too)")
+    check_split(split, sorted(files), files[next(iter(files))].parent)
+    splits = sorted(files) if split == ALL_SPLITS else [split]
+    entries: list[Any] = []
+    anns: dict[Any, list[Any]] = {}
+    problems: list[Problem] = []
+    for s in splits:
+        _read(files[s], s, entries, anns, problems)
+    candidates = [root / d for d in _IMAGE_DIRS]
+    chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (e[3] for e in entries))
+    return MdetrDataset(root=root, name=name, split=split, dataset=dataset, files=[files[s] for s in splits],
+                        entries=entries, anns=anns, image_dir=chosen, candidates=candidates, problems=problems)
+
+
+for _ds in ("refcoco", "refcoco+", "refcocog"):
+    register_dataset(
+        f"mdetr-{_ds}",
+        layout="mdetr",
+        opener=open_mdetr,
+        detect=lambda root, _ds=_ds: bool(_ann_files(root, _ds)),
+        description=f"MDETR finetune_{_ds}_<split>.json (one COCO image entry per expression)",
+        dataset=_ds,
+    )
