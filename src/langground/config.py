@@ -211,26 +211,48 @@ class Config:
 
     def validate(self) -> Config:
         """Check cross-field constraints; returns ``self``. Raises LanggroundError naming the field."""
+        m, d, r, o, s, t = self.model, self.data, self.run, self.optim, self.schedule, self.transforms
+
+        def null_or(value: float | None, low: float) -> bool:
+            return value is None or value >= low
+
         checks: list[tuple[bool, str, Any, str]] = [
-            (self.model.task in TASKS, "model.task", self.model.task, f"one of {', '.join(TASKS)}"),
-            (bool(self.model.name), "model.name", self.model.name, "a registered model name"),
-            (self.run.batch_size >= 1, "run.batch_size", self.run.batch_size, "at least 1"),
-            (self.run.grad_accum >= 1, "run.grad_accum", self.run.grad_accum, "at least 1"),
-            (self.run.epochs >= 1 or bool(self.run.max_steps), "run.epochs", self.run.epochs, "at least 1"),
-            (self.run.max_steps is None or self.run.max_steps >= 1, "run.max_steps", self.run.max_steps,
-             "null or at least 1"),
-            (self.run.keep_last >= 1, "run.keep_last", self.run.keep_last, "at least 1"),
-            (self.run.log_every >= 1, "run.log_every", self.run.log_every, "at least 1"),
-            (0.0 < self.run.ema_decay < 1.0, "run.ema_decay", self.run.ema_decay, "a number in (0, 1)"),
-            (self.run.clip_grad_norm is None or self.run.clip_grad_norm > 0, "run.clip_grad_norm",
-             self.run.clip_grad_norm, "null or a positive number"),
-            (self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number"),
-            (self.schedule.warmup_epochs >= 0, "schedule.warmup_epochs", self.schedule.warmup_epochs, ">= 0"),
-            (0 < self.schedule.warmup_start <= 1, "schedule.warmup_start", self.schedule.warmup_start,
-             "a number in (0, 1]"),
-            (self.transforms.input_size >= 32 and self.transforms.input_size % 32 == 0,
-             "transforms.input_size", self.transforms.input_size, "a multiple of 32, at least 32"),
-            (self.data.max_text_length >= 1, "data.max_text_length", self.data.max_text_length, "at least 1"),
+            (m.task in TASKS, "model.task", m.task, f"one of {', '.join(TASKS)}"),
+            (bool(m.name), "model.name", m.name, "a registered model name"),
+            (r.batch_size >= 1, "run.batch_size", r.batch_size, "at least 1"),
+            (r.grad_accum >= 1, "run.grad_accum", r.grad_accum, "at least 1"),
+            (r.epochs >= 1 or bool(r.max_steps), "run.epochs", r.epochs, "at least 1"),
+            (null_or(r.max_steps, 1), "run.max_steps", r.max_steps, "null or at least 1"),
+            (null_or(r.eval_batch_size, 1), "run.eval_batch_size", r.eval_batch_size, "null or at least 1"),
+            (r.keep_last >= 1, "run.keep_last", r.keep_last, "at least 1"),
+            (r.log_every >= 1, "run.log_every", r.log_every, "at least 1"),
+            (r.num_workers >= 0, "run.num_workers", r.num_workers, ">= 0"),
+            (null_or(r.num_threads, 1), "run.num_threads", r.num_threads, "null or at least 1"),
+            (r.eval_interval >= 0, "run.eval_interval", r.eval_interval, ">= 0 (0: off)"),
+            (r.save_interval >= 0, "run.save_interval", r.save_interval, ">= 0 (0: off)"),
+            (null_or(r.eval_steps, 0), "run.eval_steps", r.eval_steps, "null or >= 0 (0: off)"),
+            (null_or(r.save_steps, 0), "run.save_steps", r.save_steps, "null or >= 0 (0: off)"),
+            (r.log_images >= 0, "run.log_images", r.log_images, ">= 0"),
+            (r.max_minutes is None or r.max_minutes > 0, "run.max_minutes", r.max_minutes, "null or > 0"),
+            (0.0 < r.ema_decay < 1.0, "run.ema_decay", r.ema_decay, "a number in (0, 1)"),
+            (
+                r.clip_grad_norm is None or r.clip_grad_norm > 0,
+                "run.clip_grad_norm",
+                r.clip_grad_norm,
+                "null or a positive number",
+            ),
+            (o.lr > 0, "optim.lr", o.lr, "a positive number"),
+            (s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, ">= 0"),
+            (0 < s.warmup_start <= 1, "schedule.warmup_start", s.warmup_start, "a number in (0, 1]"),
+            (
+                t.input_size >= 32 and t.input_size % 32 == 0,
+                "transforms.input_size",
+                t.input_size,
+                "a multiple of 32, at least 32",
+            ),
+            (d.max_text_length >= 1, "data.max_text_length", d.max_text_length, "at least 1"),
+            (null_or(d.train_limit, 1), "data.train_limit", d.train_limit, "null or at least 1"),
+            (null_or(d.eval_limit, 1), "data.eval_limit", d.eval_limit, "null or at least 1"),
         ]
         for ok, key, value, expected in checks:
             if not ok:
@@ -422,7 +444,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise LanggroundError(f"{path}: expected a YAML mapping of config sections, got {type(data).__name__}")
+        raise LanggroundError(
+            f"{path}: expected a YAML mapping of config sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -543,8 +567,11 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
                 raise _unknown_key(done, part, names, source)
             tp = _field_types(cls)[part]
             if i == len(parts) - 1:
-                value = text if _wants_raw_string(tp) and text.strip().lower() not in ("null", "~", "") \
+                value = (
+                    text
+                    if _wants_raw_string(tp) and text.strip().lower() not in ("null", "~", "")
                     else _parse_scalar(text)
+                )
                 try:
                     _coerce(value, tp, done, source)
                 except _Mismatch:

@@ -129,6 +129,9 @@ class Targets:
 class Batch:
     """What the data loader yields: model inputs, targets and the records for metrics.
 
+    ``records`` come without their ``mask_loader`` (a loader drags its whole dataset through the worker
+    pipe); ``indices`` find the full records, masks included, in the dataset that yielded the batch.
+
     ``transforms`` holds, per sample, the affine map from the input canvas back to original pixels:
     ``(scale, pad_x, pad_y)`` so that ``orig = (canvas - pad) / scale``.
     """
@@ -138,6 +141,7 @@ class Batch:
     targets: Targets
     records: list[GroundingRecord]
     transforms: list[tuple[float, float, float]]
+    indices: list[int] = field(default_factory=list)  # positions of the records in the dataset
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -146,6 +150,7 @@ class Batch:
             self.targets.to(device),
             self.records,
             self.transforms,
+            self.indices,
         )
 
 

@@ -30,13 +30,15 @@ def _resolve_train_config(preset: str | None, overrides: list[str], resume: Path
 
 @user_errors
 def train(
-    preset: str = typer.Option(None, "--preset", "-p", help="Preset name (`langground presets`) or a YAML file."),
+    preset: str = typer.Option(
+        None, "--preset", "-p", help="Preset name (`langground presets`) or a YAML file."
+    ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (must be new or empty)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Train a model from a preset; checkpoints, metrics.jsonl and config.yaml go to the run directory."""
-    from langground.engine.distributed import is_main
+    from langground.engine.distributed import env_world
     from langground.engine.evaluate import print_result
     from langground.engine.train import TrainingDiverged
     from langground.engine.train import train as run_training
@@ -52,7 +54,7 @@ def train(
     except TrainingDiverged as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    if not is_main():
+    if not env_world().is_main:  # the process group is gone by now: ask torchrun's environment
         return
     if result.status == "interrupted":
         err_console.print(
@@ -63,10 +65,15 @@ def train(
         raise typer.Exit(code=130)
     summary = Table(title=f"run {run_dir}", show_header=False)
     summary.add_row("status", result.status)
-    summary.add_row("steps", f"{result.step}/{result.total_steps} ({result.epoch:.2f} epochs, "
-                    f"{result.train_seconds / 60:.1f} min)")
+    summary.add_row(
+        "steps",
+        f"{result.step}/{result.total_steps} ({result.epoch:.2f} epochs, "
+        f"{result.train_seconds / 60:.1f} min)",
+    )
     if result.best_value is not None:
-        summary.add_row(f"best val {result.main_metric}", f"{100 * result.best_value:.2f}% (step {result.best_step})")
+        summary.add_row(
+            f"best val {result.main_metric}", f"{100 * result.best_value:.2f}% (step {result.best_step})"
+        )
     if result.best_checkpoint is not None:
         summary.add_row("best checkpoint", str(result.best_checkpoint))
     summary.add_row("last checkpoint", str(result.last_checkpoint))
@@ -80,7 +87,9 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory, or a run directory (its best/)."),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset root directory."),
     split: str = typer.Option(..., "--split", help="Split to evaluate (e.g. val, testA, cogentB)."),
-    dataset: str = typer.Option(None, "--dataset", help="Dataset name for open_dataset (default: the run's)."),
+    dataset: str = typer.Option(
+        None, "--dataset", help="Dataset name for open_dataset (default: the run's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     save_predictions: Path = typer.Option(None, "--save-predictions", help="Write every prediction (JSONL)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Evaluation batch size."),
@@ -89,14 +98,23 @@ def evaluate(
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records of the split."),
 ) -> None:
     """Evaluate a checkpoint on a split: every metric of its task, overall and per family."""
-    from langground.engine.distributed import is_main
+    from langground.engine.distributed import env_world
     from langground.engine.evaluate import evaluate_checkpoint, print_result
 
     result = evaluate_checkpoint(
-        checkpoint, data, split, dataset=dataset, device=device, batch_size=batch_size, num_workers=workers,
-        limit=limit, save_predictions=save_predictions, progress=not as_json, console=err_console,
+        checkpoint,
+        data,
+        split,
+        dataset=dataset,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
+        limit=limit,
+        save_predictions=save_predictions,
+        progress=not as_json,
+        console=err_console,
     )
-    if not is_main():
+    if not env_world().is_main:
         return
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))

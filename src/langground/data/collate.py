@@ -44,4 +44,5 @@ class GroundingCollator:
             targets=targets,
             records=[s["record"] for s in samples],
             transforms=[s["letterbox"] for s in samples],
+            indices=[int(s.get("index", -1)) for s in samples],
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,8 @@ class GroundingTorchDataset(Dataset):
 
     Each item is a dict with ``image`` (float ``(3, S, S)``), ``boxes`` (``(K, 4)`` xyxy on the
     canvas), ``mask`` (``(1, S, S)`` uint8, or absent), ``text``, ``letterbox`` (scale, pad_x, pad_y),
-    ``answer_id`` (int, -1 if none) and ``record`` (the original GroundingRecord).
+    ``answer_id`` (int, -1 if none), ``record`` (the GroundingRecord without its mask loader) and
+    ``index``.
 
     Args:
         records: any sequence of GroundingRecord (e.g. from ``open_dataset``).
@@ -81,7 +83,10 @@ class GroundingTorchDataset(Dataset):
                 raise DataError(f"sample {record.sample_id} of {record.dataset or 'dataset'} has no mask")
             sample["mask"] = tv_tensors.Mask(torch.as_tensor(mask, dtype=torch.uint8)[None])
         out = self.transform(sample)
-        out["record"] = record
+        # Without its mask loader: pickling the loader would send the dataset's whole index through the
+        # worker pipe with every sample (megabytes); ``index`` finds the full record again.
+        out["record"] = dataclasses.replace(record, mask_loader=None) if record.mask_loader else record
+        out["index"] = index
         answer = record.answer
         vocab = self.answer_vocab
         out["answer_id"] = vocab.get(answer, -1) if (vocab is not None and answer is not None) else -1

@@ -4,10 +4,12 @@ vocabularies, model, criterion and data loaders. The engine and inference build 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +177,9 @@ def build_model(config: Config, vocab: Vocabulary, answers: Sequence[str] | None
 
     name = config.model.name
     if not is_model(name):
-        raise LanggroundError(f"config model.name={name!r}: not a registered model; known: {', '.join(list_models())}")
+        raise LanggroundError(
+            f"config model.name={name!r}: not a registered model; known: {', '.join(list_models())}"
+        )
     kwargs = dict(config.model.kwargs)
     kwargs.update(
         task=config.model.task,
@@ -187,13 +191,38 @@ def build_model(config: Config, vocab: Vocabulary, answers: Sequence[str] | None
         if not answers:
             raise LanggroundError("a VQA model needs its answer list (answers.json)")
         kwargs["num_answers"] = len(answers)
-    return create_model(name, **kwargs)
+    try:
+        return create_model(name, **kwargs)
+    except LanggroundError:
+        raise
+    except (TypeError, ValueError) as e:  # a factory's own check of its keyword arguments
+        raise LanggroundError(f"config model.kwargs of {name!r}: {str(e).splitlines()[0]}") from None
 
 
 def build_criterion(config: Config) -> nn.Module:
     from langground.losses import build_criterion as _build
 
-    return _build(config.model.task, **config.loss)
+    try:
+        return _build(config.model.task, **config.loss)
+    except ValueError as e:  # an unknown loss weight
+        raise LanggroundError(f"config loss: {e}") from None
+
+
+@contextlib.contextmanager
+def worker_errors() -> Iterator[None]:
+    """Give a LanggroundError raised in a data-loader worker its one-line message back.
+
+    The DataLoader re-raises a worker's exception with the worker's whole traceback as its message; the
+    user's error (e.g. an image that does not decode) is the traceback's last line.
+    """
+    try:
+        yield
+    except LanggroundError as e:
+        message = str(e)
+        if "Original Traceback" not in message:
+            raise
+        last = [line.strip() for line in message.splitlines() if line.strip()][-1]
+        raise type(e)(re.sub(r"^[\w.]+: ", "", last, count=1)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,21 +236,33 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_dataset(records: Sequence[GroundingRecord], config: Config, answers: Sequence[str] | None,
-                  train: bool) -> Any:
+def build_dataset(
+    records: Sequence[GroundingRecord], config: Config, answers: Sequence[str] | None, train: bool
+) -> Any:
     from langground.data.torch_dataset import GroundingTorchDataset
     from langground.data.transforms import build_transforms
 
     load_masks = train and config.model.task in MASK_TASKS
     return GroundingTorchDataset(
-        records, build_transforms(config.transforms, train=train), answer_vocab=answer_index(answers),
+        records,
+        build_transforms(config.transforms, train=train),
+        answer_vocab=answer_index(answers),
         load_masks=load_masks,
     )
 
 
-def make_loader(dataset: Any, vocab: Vocabulary, config: Config, run: RunConfig, *, batch_size: int,
-                sampler: Any = None, drop_last: bool = False, seed: int = 0,
-                persistent: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Any,
+    vocab: Vocabulary,
+    config: Config,
+    run: RunConfig,
+    *,
+    batch_size: int,
+    sampler: Any = None,
+    drop_last: bool = False,
+    seed: int = 0,
+    persistent: bool = False,
+) -> DataLoader:
     from langground.data.collate import GroundingCollator
 
     workers = run.num_workers

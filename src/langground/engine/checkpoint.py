@@ -122,7 +122,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / WEIGHTS).is_file()]
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / WEIGHTS).is_file()
+    ]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -221,14 +223,18 @@ def load_weights(model: nn.Module, weights: Path, strict: bool = True) -> None:
         raise CheckpointError(f"{weights}: cannot read weights ({e})") from None
     except RuntimeError as e:  # shape mismatches
         first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
-        raise CheckpointError(f"{weights}: weights do not fit the model built from config.yaml: {first}") from None
+        raise CheckpointError(
+            f"{weights}: weights do not fit the model built from config.yaml: {first}"
+        ) from None
     if strict and (missing or unexpected):
         parts = []
         if missing:
             parts.append(f"missing keys {_summarise_keys(sorted(missing))}")
         if unexpected:
             parts.append(f"unexpected keys {_summarise_keys(sorted(unexpected))}")
-        raise CheckpointError(f"{weights}: weights do not match the model built from config.yaml: {'; '.join(parts)}")
+        raise CheckpointError(
+            f"{weights}: weights do not match the model built from config.yaml: {'; '.join(parts)}"
+        )
 
 
 def load_checkpoint(
@@ -288,5 +294,6 @@ def load_trainer_state(ckpt: str | os.PathLike, map_location: str | torch.device
         raise CheckpointError(f"{path}: missing: this checkpoint cannot resume training")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: unpickling errors vary
-        raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a truncated or foreign file: unpickling errors vary (and span many lines)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise CheckpointError(f"{path}: cannot read trainer state ({type(e).__name__}: {first})") from None

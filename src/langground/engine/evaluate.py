@@ -34,6 +34,7 @@ from langground.engine.builders import (
     open_split,
     resolve_device,
     resolve_precision,
+    worker_errors,
 )
 from langground.engine.metrics import PRIMARY_METRIC, Evaluator, MetricsConfig, format_table
 from langground.errors import LanggroundError
@@ -133,6 +134,7 @@ def iterate_predictions(
 ) -> Iterator[tuple[list[GroundingRecord], list[Prediction]]]:
     """Batches of ``(records, predictions in original pixels)``."""
     task = config.model.task
+    base = getattr(getattr(loader, "dataset", None), "records", None)
     model.eval()
     with torch.no_grad():
         for batch in loader:
@@ -149,7 +151,11 @@ def iterate_predictions(
                 config=config.postprocess,
                 with_masks=task in MASK_TASKS,
             )
-            yield batch.records, preds
+            # Full records (mask loaders included) from the dataset; the batch carries light copies.
+            indices = batch.indices
+            full = base is not None and len(indices) == len(batch.records) and min(indices, default=0) >= 0
+            records = [base[i] for i in indices] if full else batch.records
+            yield records, preds
 
 
 def evaluate_model(
@@ -243,6 +249,8 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise LanggroundError(f"{p}: {what} is a directory")
+    if parent.exists() and not parent.is_dir():
+        raise LanggroundError(f"{p}: cannot write {what}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise LanggroundError(f"{p}: cannot write {what}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -285,19 +293,20 @@ def evaluate_checkpoint(
         config.run.num_workers = num_workers
     records = open_split(data_cfg, split, limit)
     precision = resolve_precision(amp or "none", dev)
-    return evaluate_model(
-        ckpt.model,
-        records,
-        config,
-        ckpt.vocab,
-        ckpt.answers,
-        device=dev,
-        precision=precision,
-        batch_size=batch_size,
-        save_predictions=save_predictions,
-        progress=progress,
-        console=console,
-    )
+    with worker_errors():
+        return evaluate_model(
+            ckpt.model,
+            records,
+            config,
+            ckpt.vocab,
+            ckpt.answers,
+            device=dev,
+            precision=precision,
+            batch_size=batch_size,
+            save_predictions=save_predictions,
+            progress=progress,
+            console=console,
+        )
 
 
 def print_result(result: EvalResult, console: Console, title: str | None = None) -> None:
@@ -308,5 +317,7 @@ def print_result(result: EvalResult, console: Console, title: str | None = None)
         console.print(f"protocol: {result.protocol}", highlight=False, soft_wrap=True)
     main = result.main_value
     if main is not None:
-        console.print(f"{result.main_metric} = {100 * main:.2f}%  ({result.count} samples, {result.seconds:.1f}s)",
-                      highlight=False)
+        console.print(
+            f"{result.main_metric} = {100 * main:.2f}%  ({result.count} samples, {result.seconds:.1f}s)",
+            highlight=False,
+        )

@@ -87,8 +87,13 @@ class RunLogger:
         enabled: False on ranks other than 0.
     """
 
-    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True,
-                 console: Console | None = None):
+    def __init__(
+        self,
+        run_dir: Path | None,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        console: Console | None = None,
+    ):
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.jsonl = JsonlWriter(run_dir / METRICS_FILE) if (enabled and run_dir is not None) else None
@@ -152,7 +157,9 @@ class TrainProgress:
             self.task = self.progress.add_task("train", total=total, completed=start, info="")
             self.progress.start()
 
-    def update(self, step: int, epoch: int, values: Mapping[str, float], samples_per_s: float, lr: float) -> None:
+    def update(
+        self, step: int, epoch: int, values: Mapping[str, float], samples_per_s: float, lr: float
+    ) -> None:
         if not self.enabled:
             return
         info = f"ep {epoch} {format_terms(values)} lr {lr:.2e} {samples_per_s:.1f} samples/s"
@@ -175,18 +182,20 @@ class TrainProgress:
 # example pictures
 
 
-def draw_examples(records: Sequence[GroundingRecord], predictions: Sequence[Prediction],
-                  max_side: int = 320) -> list[torch.Tensor]:
+def draw_examples(
+    records: Sequence[GroundingRecord], predictions: Sequence[Prediction], max_side: int = 320
+) -> list[torch.Tensor]:
     """Original images with the ground truth (green) and the predicted boxes/masks (red), uint8 CHW."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     pictures = []
     for record, pred in zip(records, predictions, strict=False):
-        try:
-            image = decode_image(record.image_path, mode=ImageReadMode.RGB)
-        except (OSError, RuntimeError):
+        try:  # PIL: torchvision's own image decoding is deprecated
+            with Image.open(record.image_path) as img:
+                image = F.pil_to_tensor(img.convert("RGB"))
+        except OSError:
             continue
         if pred.mask is not None and pred.mask.shape == tuple(image.shape[-2:]):
             image = draw_segmentation_masks(image, torch.from_numpy(pred.mask.astype(bool)), 0.4, "red")
@@ -198,6 +207,8 @@ def draw_examples(records: Sequence[GroundingRecord], predictions: Sequence[Pred
             image = draw_bounding_boxes(image, boxes, colors="red", width=2)
         scale = max_side / max(image.shape[-2:])
         if scale < 1:
-            image = F.resize(image, [round(image.shape[-2] * scale), round(image.shape[-1] * scale)], antialias=True)
+            image = F.resize(
+                image, [round(image.shape[-2] * scale), round(image.shape[-1] * scale)], antialias=True
+            )
         pictures.append(image)
     return pictures

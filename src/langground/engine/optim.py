@@ -30,8 +30,11 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if isinstance(module, _NO_DECAY_TYPES) or name.endswith("bias") or p.ndim <= 1
-             else decay).append(p)
+            (
+                no_decay
+                if isinstance(module, _NO_DECAY_TYPES) or name.endswith("bias") or p.ndim <= 1
+                else decay
+            ).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -9,8 +9,11 @@ checkpointing on the way. Guarantees:
 - **Exact resume**: a run interrupted at step k and resumed (``resume=True``) logs the same per-step
   losses as an uninterrupted run (trainer state: optimiser, schedule, scaler, EMA, RNG, position).
 - **Safe stops**: Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and returns
-  (a second Ctrl-C aborts at once). A non-finite loss raises :class:`TrainingDiverged` before the
-  optimiser step, leaving the last checkpoint as the last good one.
+  (a second Ctrl-C aborts at once). A ``KeyboardInterrupt`` that bypasses the handler (raised in a
+  hook, or with the handler not installed) also writes one, of the last completed step, unless it
+  lands inside the optimiser update (single process only: ranks cannot agree on it). A non-finite
+  loss or gradient norm raises :class:`TrainingDiverged` before the optimiser step, and a checkpoint is
+  never written with non-finite weights, so the last checkpoint is the last good one.
 """
 
 from __future__ import annotations
@@ -44,16 +47,33 @@ from langground.engine.evaluate import EvalResult, evaluate_model
 from langground.engine.logging import METRICS_FILE, RunLogger, TrainProgress, draw_examples, truncate_jsonl
 from langground.engine.metrics import PRIMARY_METRIC
 from langground.engine.optim import build_optimizer, build_scheduler
-from langground.errors import LanggroundError
+from langground.errors import CheckpointError, LanggroundError
 from langground.text.vocab import Vocabulary
 
 RESULT_FILE = "result.json"
 #: Config keys a resumed run may change (they do not alter what a step computes, or extend the run).
 RESUMABLE_CHANGES = (
-    "name", "description", "run.epochs", "run.max_steps", "run.max_minutes", "run.num_workers",
-    "run.num_threads", "run.progress", "run.log_every", "run.eval_interval", "run.eval_steps",
-    "run.save_interval", "run.save_steps", "run.keep_last", "run.tensorboard", "run.log_images",
-    "run.out_dir", "run.eval_batch_size", "data.root", "data.test_splits", "data.synth_workers",
+    "name",
+    "description",
+    "run.epochs",
+    "run.max_steps",
+    "run.max_minutes",
+    "run.num_workers",
+    "run.num_threads",
+    "run.progress",
+    "run.log_every",
+    "run.eval_interval",
+    "run.eval_steps",
+    "run.save_interval",
+    "run.save_steps",
+    "run.keep_last",
+    "run.tensorboard",
+    "run.log_images",
+    "run.out_dir",
+    "run.eval_batch_size",
+    "data.root",
+    "data.test_splits",
+    "data.synth_workers",
 )
 
 
@@ -141,7 +161,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and not key.startswith(("model.kwargs", "loss", "data.synth", "data.open")):
+        if (
+            isinstance(v, dict)
+            and v
+            and not key.startswith(("model.kwargs", "loss", "data.synth", "data.open"))
+        ):
             out.update(_flat(v, key + "."))
         else:
             out[key] = v
@@ -151,7 +175,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resume_config(config: Config, saved: Config, run_dir: Path) -> None:
     """A resumed run must compute the same steps: only :data:`RESUMABLE_CHANGES` may differ."""
     new, old = _flat(config_to_dict(config)), _flat(config_to_dict(saved))
-    changed = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(
+        k for k in set(new) | set(old) if new.get(k) != old.get(k) and k not in RESUMABLE_CHANGES
+    )
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
         raise LanggroundError(
@@ -209,8 +235,10 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        self.logger.print(f"[yellow]{self.signal_name}: stopping after this step and saving a checkpoint "
-                          "(again to abort)[/]")
+        self.logger.print(
+            f"[yellow]{self.signal_name}: stopping after this step and saving a checkpoint "
+            "(again to abort)[/]"
+        )
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -234,8 +262,14 @@ class StopRequest:
 class Trainer:
     """Holds the state of one training run; :meth:`fit` runs it. Use :func:`train`."""
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool = False, console: Console | None = None,
-                 hooks: TrainHooks | None = None):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        resume: bool = False,
+        console: Console | None = None,
+        hooks: TrainHooks | None = None,
+    ):
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.hooks = hooks or TrainHooks()
         self.console = console or Console(stderr=True)
@@ -248,16 +282,14 @@ class Trainer:
         self.device = builders.resolve_device(run.device, env.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self._owns_group = not D.current().enabled
         self.info = D.init_distributed(self.device)
+        self._owns_group = self._owns_group and self.info.enabled
         self.is_main = self.info.is_main
         if self.is_main:
             prepare_run_dir(self.run_dir, self.resume)
             if self.resume:
                 check_resume_config(cfg, load_config(self.run_dir / ckpt_io.CONFIG), self.run_dir)
-                # The steps after the checkpoint are logged again (before the log file is opened).
-                latest = ckpt_io.latest_checkpoint(self.run_dir)
-                assert latest is not None  # prepare_run_dir checked
-                truncate_jsonl(self.run_dir / METRICS_FILE, int(latest.name.removeprefix("step-")))
         D.barrier()
         if run.num_threads:
             torch.set_num_threads(run.num_threads)
@@ -266,8 +298,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         self.precision = builders.resolve_precision(run.amp, self.device)
-        self.logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=run.tensorboard,
-                                console=self.console)
 
         # data (rank 0 generates the synthetic world once; the others wait and read it)
         if self.is_main:
@@ -276,19 +306,19 @@ class Trainer:
         builders.ensure_dataset(cfg.data, generate=False)
         self.train_records = builders.open_split(cfg.data, cfg.data.train_split, cfg.data.train_limit)
         self.val_records = (
-            builders.open_split(cfg.data, cfg.data.val_split, cfg.data.eval_limit) if cfg.data.val_split else None
+            builders.open_split(cfg.data, cfg.data.val_split, cfg.data.eval_limit)
+            if cfg.data.val_split
+            else None
         )
         if self.resume:
-            self.vocab = Vocabulary.load(self.run_dir / ckpt_io.VOCAB)
+            try:
+                self.vocab = Vocabulary.load(self.run_dir / ckpt_io.VOCAB)
+            except ValueError as e:
+                raise CheckpointError(f"cannot resume: {e}") from None
             self.answers = ckpt_io.read_answers(self.run_dir)
         else:
             self.vocab = builders.build_vocab(self.train_records, cfg.data)
             self.answers = builders.build_answers(self.train_records) if cfg.model.task == "vqa" else None
-            if self.is_main:
-                save_config(cfg, self.run_dir / ckpt_io.CONFIG)
-                self.vocab.save(self.run_dir / ckpt_io.VOCAB)
-                if self.answers is not None:
-                    (self.run_dir / ckpt_io.ANSWERS).write_text(json.dumps({"answers": self.answers}))
 
         # model: the same initial weights on every rank
         seed_everything(run.seed)
@@ -316,17 +346,29 @@ class Trainer:
                 f"split {cfg.data.train_split!r}: lower the batch size"
             )
         self.total_steps = run.max_steps or run.epochs * self.steps_per_epoch
-        dataset = D.SeededDataset(builders.build_dataset(self.train_records, cfg, self.answers, train=True),
-                                  run.seed)
-        self.loader = builders.make_loader(dataset, self.vocab, cfg, run, batch_size=run.batch_size,
-                                           sampler=self.sampler, drop_last=True, seed=run.seed,
-                                           persistent=True)
+        dataset = D.SeededDataset(
+            builders.build_dataset(self.train_records, cfg, self.answers, train=True), run.seed
+        )
+        self.loader = builders.make_loader(
+            dataset,
+            self.vocab,
+            cfg,
+            run,
+            batch_size=run.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            seed=run.seed,
+            persistent=True,
+        )
 
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
 
         self.step = 0
+        self._updating = False  # inside the optimiser update: no consistent state to save
+        self._step_rng: dict[str, Any] | None = None  # RNG at the start of the step in flight
+        self._step_buffers: dict[str, torch.Tensor] = {}  # and the model's buffers
         self.train_seconds = 0.0
         self.best_value: float | None = None
         self.best_step: int | None = None
@@ -336,6 +378,22 @@ class Trainer:
         self.main_metric = PRIMARY_METRIC[cfg.model.task]
         if self.resume:
             self._load_state()
+
+        # Only now, with config, data, model and checkpoint all accepted, does the run directory change:
+        # a run that fails to start leaves nothing behind that would block running it again.
+        if self.is_main and self.resume:
+            # The steps after the checkpoint are logged again (before the log file is opened).
+            truncate_jsonl(self.run_dir / METRICS_FILE, self.step)
+        elif self.is_main:
+            save_config(cfg, self.run_dir / ckpt_io.CONFIG)
+            self.vocab.save(self.run_dir / ckpt_io.VOCAB)
+            if self.answers is not None:
+                (self.run_dir / ckpt_io.ANSWERS).write_text(json.dumps({"answers": self.answers}))
+        self.logger = RunLogger(
+            self.run_dir, enabled=self.is_main, tensorboard=run.tensorboard, console=self.console
+        )
+        if self.resume:
+            self.logger.print(f"resuming {self.run_dir} from step {self.step} ({self.last_checkpoint.name})")
 
     def _load_state(self) -> None:
         latest = ckpt_io.latest_checkpoint(self.run_dir)
@@ -354,7 +412,9 @@ class Trainer:
                     raise LanggroundError("the run kept no EMA but the config asks for one (run.ema)")
                 self.ema.load_state_dict(state["ema"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise LanggroundError(f"{latest}: cannot resume from this checkpoint: {str(e).splitlines()[0]}") from None
+            raise LanggroundError(
+                f"{latest}: cannot resume from this checkpoint: {str(e).splitlines()[0]}"
+            ) from None
         if int(state.get("world_size", 1)) != self.info.world_size:
             raise LanggroundError(
                 f"{latest}: the run used {state.get('world_size')} process(es); resume it with the same number"
@@ -367,7 +427,6 @@ class Trainer:
         self.last_checkpoint = latest
         rng = state["rng"]
         restore_rng(rng[self.info.rank] if isinstance(rng, list) else rng)
-        self.logger.print(f"resuming {self.run_dir} from step {self.step} ({latest.name})")
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -375,8 +434,8 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def _trainer_state(self) -> dict[str, Any]:
-        rng = D.all_gather_object(capture_rng())
+    def _trainer_state(self, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        rng = D.all_gather_object(rng_state if rng_state is not None else capture_rng())
         state: dict[str, Any] = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
@@ -395,12 +454,27 @@ class Trainer:
             state["model"] = self.model.state_dict()
         return state
 
-    def save_checkpoint(self) -> Path:
-        state = self._trainer_state()  # collective: every rank takes part
+    def _check_finite_weights(self) -> None:
+        bad = [
+            k for k, v in self.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+        ]
+        # Parameters agree over ranks but buffers (BatchNorm statistics) are each rank's own: agree first.
+        if D.any_rank(bool(bad), self.device):
+            shown = ", ".join(bad[:3]) + (f", ... ({len(bad)} in all)" if len(bad) > 3 else "")
+            self._diverged({}, f"non-finite weights ({shown}); no checkpoint written for this step")
+
+    def save_checkpoint(self, rng_state: dict[str, Any] | None = None) -> Path:
+        """Checkpoint of the current step (``rng_state``: the RNG to resume with, default: now)."""
+        self._check_finite_weights()  # all ranks raise together
+        state = self._trainer_state(rng_state)  # collective: every rank takes part
         path = self.run_dir / ckpt_io.CHECKPOINTS_DIR / ckpt_io.step_dir_name(self.step)
         if self.is_main:
             ckpt_io.save_checkpoint(
-                path, model=self.eval_model, config=self.config, vocab=self.vocab, answers=self.answers,
+                path,
+                model=self.eval_model,
+                config=self.config,
+                vocab=self.vocab,
+                answers=self.answers,
                 trainer_state=state,
                 metadata={"step": self.step, "weights": "ema" if self.ema is not None else "raw"},
             )
@@ -414,9 +488,17 @@ class Trainer:
             return
         path = self.run_dir / ckpt_io.BEST_DIR
         ckpt_io.save_checkpoint(
-            path, model=self.eval_model, config=self.config, vocab=self.vocab, answers=self.answers,
-            metadata={"step": self.step, "weights": "ema" if self.ema is not None else "raw",
-                      "metric": self.main_metric, "value": result.main_value},
+            path,
+            model=self.eval_model,
+            config=self.config,
+            vocab=self.vocab,
+            answers=self.answers,
+            metadata={
+                "step": self.step,
+                "weights": "ema" if self.ema is not None else "raw",
+                "metric": self.main_metric,
+                "value": result.main_value,
+            },
         )
 
     # ---------------------------------------------------------------- evaluation
@@ -426,8 +508,14 @@ class Trainer:
             return None
         run = self.config.run
         result = evaluate_model(
-            self.eval_model, self.val_records, self.config, self.vocab, self.answers, device=self.device,
-            precision=self.precision, examples=run.log_images if self.logger.tb is not None else 0,
+            self.eval_model,
+            self.val_records,
+            self.config,
+            self.vocab,
+            self.answers,
+            device=self.device,
+            precision=self.precision,
+            examples=run.log_images if self.logger.tb is not None else 0,
         )
         self.last_eval_step = self.step
         self.val_metrics = result.metrics
@@ -437,13 +525,20 @@ class Trainer:
             self.best_value, self.best_step = value, self.step
             self._save_best(result)
         D.barrier()
-        self.logger.log("val", self.step, result.metrics, epoch=round(self.step / self.steps_per_epoch, 4),
-                        split=result.split)
+        self.logger.log(
+            "val",
+            self.step,
+            result.metrics,
+            epoch=round(self.step / self.steps_per_epoch, 4),
+            split=result.split,
+        )
         if result.examples:
             records, preds = zip(*result.examples, strict=True)
             self.logger.images("val/examples", self.step, draw_examples(records, preds))
         shown = "n/a" if value is None else f"{100 * value:.2f}%"
-        best = "" if self.best_value is None else f" (best {100 * self.best_value:.2f}% @ step {self.best_step})"
+        best = (
+            "" if self.best_value is None else f" (best {100 * self.best_value:.2f}% @ step {self.best_step})"
+        )
         self.logger.print(f"step {self.step}: val {self.main_metric} = {shown}{best}", highlight=False)
         if self.hooks.after_eval is not None:
             self.hooks.after_eval(self.step, result)
@@ -464,8 +559,9 @@ class Trainer:
         out = {}
         for split in cfg.data.test_splits:
             records = builders.open_split(cfg.data, split, cfg.data.eval_limit)
-            result = evaluate_model(model, records, cfg, self.vocab, self.answers, device=self.device,
-                                    precision=self.precision)
+            result = evaluate_model(
+                model, records, cfg, self.vocab, self.answers, device=self.device, precision=self.precision
+            )
             out[split] = result
             self.logger.log("test", self.step, result.metrics, split=split)
             value = result.main_value
@@ -483,8 +579,14 @@ class Trainer:
         return iter(self.loader)
 
     def _train_step(self, batches: Iterator[Any]) -> dict[str, float]:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss terms."""
+        """One optimiser step over ``grad_accum`` micro-batches (``self.step`` += 1); returns the mean
+        loss terms."""
         run = self.config.run
+        # A KeyboardInterrupt before the update can still save step `self.step`: with the RNG and the
+        # buffers (BatchNorm statistics, updated by the forward) as they were before this step.
+        if not self.info.enabled:
+            self._step_rng = capture_rng()
+            self._step_buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
         self.ddp.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, torch.Tensor] = {}
@@ -502,36 +604,81 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v.detach().float() / run.grad_accum
         values = {k: float(v) for k, v in sums.items()}
         if D.any_rank(not math.isfinite(values["loss"]), self.device):
-            self._diverged(values)
+            self._diverged(values, "non-finite loss")
         values["lr"] = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if run.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), run.clip_grad_norm)
-            values["grad_norm"] = float(norm)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), run.clip_grad_norm))
+            values["grad_norm"] = norm
+            # With a scaler an inf norm only skips the step; without one it would poison the weights.
+            # Gradients are all-reduced, so every rank sees the same norm.
+            if not math.isfinite(norm) and not self.precision.scaler:
+                self._diverged(values, "non-finite gradient norm")
+        self._updating = True
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
+        self.step += 1
+        self._updating = False
+        self._step_rng, self._step_buffers = None, {}
         return values
 
-    def _diverged(self, values: dict[str, float]) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        where = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+    def _diverged(self, values: dict[str, float], what: str) -> None:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "lr")
+        where = (
+            f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint yet"
+        )
         message = (
-            f"step {self.step + 1}: non-finite loss ({terms}); training stopped before this step, {where}. "
-            "Try a lower optim.lr, run.clip_grad_norm, or run.amp=none"
+            f"step {self.step + 1}: {what}{f' ({terms})' if terms else ''}; training stopped before this "
+            f"step, {where}. Try a lower optim.lr, run.clip_grad_norm, or run.amp=none"
         )
         self.logger.log("error", self.step + 1, {k: v for k, v in values.items()}, message=message)
         raise TrainingDiverged(message)
 
+    def _eval_due(self, step: int) -> bool:
+        run, end_of_epoch = self.config.run, step % self.steps_per_epoch == 0
+        return (
+            step >= self.total_steps
+            or bool(run.eval_steps and step % run.eval_steps == 0)
+            or bool(
+                end_of_epoch and run.eval_interval and (step // self.steps_per_epoch) % run.eval_interval == 0
+            )
+        )
+
+    def _save_due(self, step: int) -> bool:
+        run, end_of_epoch = self.config.run, step % self.steps_per_epoch == 0
+        return (
+            step >= self.total_steps
+            or bool(run.save_steps and step % run.save_steps == 0)
+            or bool(
+                end_of_epoch and run.save_interval and (step // self.steps_per_epoch) % run.save_interval == 0
+            )
+        )
+
+    def _save_after_interrupt(self, stop: StopRequest) -> bool:
+        """After a KeyboardInterrupt that bypassed ``stop``: checkpoint the last completed step, when
+        there is a consistent one to save. Returns False when the interrupt must propagate."""
+        if stop.requested or self.info.enabled or self._updating:
+            return False  # a second Ctrl-C aborts; ranks cannot agree; weights half-updated
+        self.logger.print(
+            f"[yellow]KeyboardInterrupt: saving a checkpoint of step {self.step} (again to abort)[/]"
+        )
+        stop.requested = True  # a further Ctrl-C while saving aborts at once
+        if self._step_rng is not None:  # interrupted inside a step: undo its forward's buffer updates
+            with torch.no_grad():
+                for name, buf in self.model.named_buffers():
+                    buf.copy_(self._step_buffers[name])
+        self.save_checkpoint(rng_state=self._step_rng)
+        return True
+
     def fit(self) -> RunResult:
         run = self.config.run
-        status = "completed"
-        progress = TrainProgress(self.total_steps, self.step, self.console, self.is_main and run.progress,
-                                 run.log_every)
+        progress = TrainProgress(
+            self.total_steps, self.step, self.console, self.is_main and run.progress, run.log_every
+        )
         samples_per_step = run.batch_size * run.grad_accum * self.info.world_size
-        window_t, window_steps = time.perf_counter(), 0
         if self.is_main and not self.resume:
             self.logger.print(
                 f"training {self.config.model.name} ({self.config.model.task}) on {len(self.train_records)} "
@@ -541,51 +688,66 @@ class Trainer:
             )
         try:
             with StopRequest(self.logger) as stop:
-                while self.step < self.total_steps and status == "completed":
-                    epoch = self.step // self.steps_per_epoch
-                    position = self.step - epoch * self.steps_per_epoch
-                    batches = self._batches(epoch, position)
-                    for _ in range(position, self.steps_per_epoch):
-                        t0 = time.perf_counter()
-                        values = self._train_step(batches)
-                        self.step += 1
-                        self.train_seconds += time.perf_counter() - t0
-                        window_steps += 1
-                        lr = values.pop("lr")
-                        now = time.perf_counter()
-                        speed = window_steps * samples_per_step / max(now - window_t, 1e-9)
-                        progress.update(self.step, epoch + 1, values, speed, lr)
-                        if self.step % run.log_every == 0 or self.step == self.total_steps:
-                            logged = D.all_reduce_mean(values, self.device)
-                            self.logger.log("train", self.step, {**logged, "lr": lr, "samples_per_s": speed},
-                                            epoch=round(self.step / self.steps_per_epoch, 4))
-                            window_t, window_steps = now, 0
-                        if self.hooks.after_step is not None:
-                            self.hooks.after_step(self.step, values)
-                        end_of_epoch = self.step % self.steps_per_epoch == 0
-                        done_epochs = self.step // self.steps_per_epoch
-                        last = self.step >= self.total_steps
-                        if D.any_rank(stop.requested, self.device):
-                            status = "interrupted"
-                        elif run.max_minutes is not None and self.train_seconds >= 60 * run.max_minutes:
-                            status = "time_limit"
-                        if (
-                            last
-                            or (run.eval_steps and self.step % run.eval_steps == 0)
-                            or (end_of_epoch and run.eval_interval and done_epochs % run.eval_interval == 0)
-                        ) and status == "completed":
-                            self.validate()
-                        if (
-                            last
-                            or status != "completed"
-                            or (run.save_steps and self.step % run.save_steps == 0)
-                            or (end_of_epoch and run.save_interval and done_epochs % run.save_interval == 0)
-                        ):
-                            self.save_checkpoint()
-                        if last or status != "completed":
-                            break
+                try:
+                    status = self._loop(stop, progress, samples_per_step)
+                except KeyboardInterrupt:
+                    if not self._save_after_interrupt(stop):
+                        raise
+                    status = "interrupted"
         finally:
             progress.stop()
+        return self._finish(status)
+
+    def _loop(self, stop: StopRequest, progress: TrainProgress, samples_per_step: int) -> str:
+        run = self.config.run
+        status = "completed"
+        window_t, window_steps = time.perf_counter(), 0
+        resumed_before_eval = (
+            self.resume and 0 < self.step < self.total_steps and self.last_eval_step != self.step
+        )
+        if resumed_before_eval and self._eval_due(self.step):  # the interrupted run stopped before it
+            self.validate()
+        while self.step < self.total_steps and status == "completed":
+            epoch = self.step // self.steps_per_epoch
+            position = self.step - epoch * self.steps_per_epoch
+            batches = self._batches(epoch, position)
+            for _ in range(position, self.steps_per_epoch):
+                t0 = time.perf_counter()
+                values = self._train_step(batches)
+                self.train_seconds += time.perf_counter() - t0
+                window_steps += 1
+                lr = values.pop("lr")
+                now = time.perf_counter()
+                speed = window_steps * samples_per_step / max(now - window_t, 1e-9)
+                progress.update(self.step, epoch + 1, values, speed, lr)
+                if self.step % run.log_every == 0 or self.step == self.total_steps:
+                    logged = D.all_reduce_mean(values, self.device)  # mean over ranks
+                    self.logger.log(
+                        "train",
+                        self.step,
+                        {**logged, "lr": lr, "samples_per_s": speed},
+                        epoch=round(self.step / self.steps_per_epoch, 4),
+                    )
+                    window_t, window_steps = now, 0
+                if self.hooks.after_step is not None:
+                    self.hooks.after_step(self.step, values)
+                last = self.step >= self.total_steps
+                # Ranks' clocks differ: they must agree on the time limit, or one would save while
+                # another trains on.
+                time_up = run.max_minutes is not None and self.train_seconds >= 60 * run.max_minutes
+                if D.any_rank(stop.requested, self.device):
+                    status = "interrupted"
+                elif run.max_minutes is not None and D.any_rank(time_up, self.device):
+                    status = "time_limit"
+                if status == "completed" and self._eval_due(self.step):
+                    self.validate()
+                if status != "completed" or self._save_due(self.step):
+                    self.save_checkpoint()
+                if last or status != "completed":
+                    break
+        return status
+
+    def _finish(self, status: str) -> RunResult:
         if status == "completed" and self.last_eval_step != self.step:
             self.validate()
         tests = self.test() if status == "completed" else {}
@@ -612,6 +774,9 @@ class Trainer:
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
+        if getattr(self, "_owns_group", False):  # the process group this trainer joined
+            D.shutdown()
+            self._owns_group = False
 
 
 def train(
@@ -633,9 +798,16 @@ def train(
     if target is None:
         raise LanggroundError("no run directory: pass --out RUN_DIR (or set run.out_dir)")
     config.validate()
-    trainer = Trainer(config, Path(target), resume=resume, console=console, hooks=hooks)
+    run_dir = Path(target)
+    created = not run_dir.exists()
+    trainer = Trainer(config, run_dir, resume=resume, console=console, hooks=hooks)
     try:
-        trainer.setup()
-        return trainer.fit()
+        with builders.worker_errors():
+            trainer.setup()
+            return trainer.fit()
+    except LanggroundError:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that could not start leaves no directory behind
+        raise
     finally:
         trainer.close()

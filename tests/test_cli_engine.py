@@ -1,0 +1,320 @@
+"""``langground presets`` / ``train`` / ``eval`` on the command line, and one-line errors (exit code 2)
+that overwrite nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from langground.cli import _mount, app
+from langground.config import list_presets, load_preset
+from langground.data import open_dataset
+from langground.data.synthetic import QUESTION_FAMILIES, SynthConfig, generate_world
+from langground.engine import checkpoint as ckpt_io
+from langground.engine.builders import build_answers, build_model, build_vocab
+from langground.engine.logging import read_jsonl
+from langground.ops.boxes import box_iou
+
+TINY = [
+    "transforms.input_size=64",
+    "model.kwargs.dims=[8, 16, 16, 32, 32]",
+    "model.kwargs.groups=[2, 2, 2, 2, 2]",
+    "model.kwargs.word_dim=16",
+    "model.kwargs.text_dim=32",
+    "model.kwargs.text_ffn=32",
+    "model.kwargs.text_heads=2",
+    "model.kwargs.num_heads=2",
+    "model.kwargs.attn_min_dim=16",
+    "model.kwargs.neck_dim=16",
+    "run.device=cpu",
+    "run.num_workers=0",
+    "run.num_threads=1",
+    "run.tensorboard=false",
+    "run.progress=false",
+    "run.batch_size=4",
+    "run.log_every=1",
+    "run.eval_interval=0",
+    "run.save_interval=0",
+    "run.save_steps=2",
+    "run.max_steps=4",
+    "data.train_limit=12",
+    "data.eval_limit=6",
+    "data.test_splits=[]",
+]
+
+
+@pytest.fixture(scope="module")
+def cli():
+    _mount()
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def sets(*items: str) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        out += ["--set", item]
+    return out
+
+
+def one_line_error(res, *needles: str) -> str:
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world") / "synth"
+    return generate_world(root, SynthConfig(images=24, size=(96, 72), seed=0), workers=1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(cli, world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    res = cli("train", "--preset", "synth-laconvnet-t-rec", *sets(f"data.root={world}", *TINY), "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "completed" in res.stdout and "best checkpoint" in res.stdout
+    return out
+
+
+# ------------------------------------------------------------------------------------------- presets
+
+
+def test_presets_lists_and_resolves(cli):
+    res = cli("presets")
+    assert res.exit_code == 0
+    for name in list_presets():
+        assert name in res.stdout
+    res = cli("presets", "synth-laconvnet-t-vqa", "--set", "run.epochs=3")
+    assert res.exit_code == 0, res.output
+    shown = yaml.safe_load(res.stdout)
+    assert shown["run"]["epochs"] == 3 and shown["model"]["task"] == "vqa"
+    assert shown == yaml.safe_load(
+        __import__("langground.config", fromlist=["config_to_yaml"]).config_to_yaml(
+            load_preset("synth-laconvnet-t-vqa", ["run.epochs=3"])
+        )
+    )
+    one_line_error(cli("presets", "--set", "run.epochs=3"), "--set needs a preset NAME")
+    one_line_error(cli("presets", "nope"), "unknown preset 'nope'")
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def test_train_writes_a_complete_run_directory(run_dir, world):
+    cfg = load_preset("synth-laconvnet-t-rec", [f"data.root={world}", *TINY])
+    assert load_preset(str(run_dir / "config.yaml")) == cfg
+    assert [p.name for p in ckpt_io.list_checkpoints(run_dir)] == ["step-00000002", "step-00000004"]
+    assert (run_dir / "best" / "model.safetensors").is_file()
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "completed"
+
+
+def test_resume_continues_a_run_from_the_command_line(cli, run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    res = cli("train", "--resume", copy, "--set", "run.max_steps=6")
+    assert res.exit_code == 0, res.output
+    assert ckpt_io.latest_checkpoint(copy).name == "step-00000006"
+    assert [r["step"] for r in read_jsonl(copy / "metrics.jsonl") if r["kind"] == "train"] == list(
+        range(1, 7)
+    )
+    one_line_error(cli("train", "--resume", copy, "--set", "optim.lr=0.5"), "started with another config")
+    one_line_error(cli("train", "--resume", tmp_path), "cannot resume: not a run directory")
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("run.epoch=3", "--set run.epoch=3: unknown config key 'run.epoch' (did you mean 'epochs'?)"),
+        ("run.batch_size=many", "config key 'run.batch_size' = 'many': expected int"),
+        ("loss.foo=1.0", "config loss: unknown loss weight(s) foo for task 'rec'"),
+        ("model.kwargs.wings=2", "unknown LaConvNet option(s) wings"),
+        ("model.name=resnet", "config model.name='resnet': not a registered model"),
+    ],
+)
+def test_train_rejects_bad_config_in_one_line(cli, world, tmp_path, item, needle):
+    out = tmp_path / "run"
+    res = cli(
+        "train", "--preset", "synth-laconvnet-t-rec", *sets(f"data.root={world}", *TINY, item), "--out", out
+    )
+    one_line_error(res, needle)
+    assert not out.exists() or not any(out.iterdir())  # no run directory content
+
+
+def test_train_refuses_to_overwrite_or_to_write_nowhere(cli, world, run_dir, tmp_path):
+    before = digest(run_dir)
+    args = ["train", "--preset", "synth-laconvnet-t-rec", *sets(f"data.root={world}", *TINY)]
+    one_line_error(cli(*args, "--out", run_dir), str(run_dir), "run directory is not empty")
+    assert digest(run_dir) == before
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(cli(*args, "--out", blocker / "run"), str(blocker / "run"), "cannot create run directory")
+    one_line_error(cli(*args, "--out", blocker), "run directory is a file")
+    assert blocker.read_text() == "x"
+
+
+def test_train_on_a_data_dir_of_the_wrong_layout(cli, tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not a dataset")
+    res = cli(
+        "train",
+        "--preset",
+        "synth-laconvnet-t-rec",
+        *sets(f"data.root={junk}", *TINY),
+        "--out",
+        tmp_path / "run",
+    )
+    one_line_error(res, str(junk))
+    assert (junk / "notes.txt").read_text() == "not a dataset" and sorted(p.name for p in junk.iterdir()) == [
+        "notes.txt"
+    ]
+
+
+def test_train_stops_on_a_diverging_loss(cli, world, tmp_path):
+    blow_up = ["optim.lr=1e30", "schedule.warmup_epochs=0", "run.clip_grad_norm=null", "run.save_steps=1"]
+    out = tmp_path / "run"
+    res = cli(
+        "train",
+        "--preset",
+        "synth-laconvnet-t-rec",
+        *sets(f"data.root={world}", *TINY, *blow_up),
+        "--out",
+        out,
+    )
+    assert res.exit_code == 1, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "non-finite" in errors[0] and "last good checkpoint" in errors[0]
+    last = ckpt_io.latest_checkpoint(out)
+    assert last is not None and str(last) in errors[0]
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def test_eval_reports_metrics_per_family_and_saves_predictions(cli, run_dir, world, tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    res = cli("eval", run_dir, "--data", world, "--split", "testA", "--json", "--save-predictions", preds)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    records = open_dataset(world, "synth", "testA", task="rec")
+    scored = [r for r in records if not r.no_target]
+    assert (out["split"], out["task"], out["main_metric"]) == ("testA", "rec", "rec/prec@0.5")
+    metrics = out["metrics"]
+    assert metrics["rec/count"] == len(scored) and out["main_value"] == metrics["rec/prec@0.5"]
+    families = {r.family for r in scored}
+    assert {k.rsplit("/", 1)[1] for k in metrics if k.startswith("rec/prec@0.5/family/")} == families
+
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["sample_id"] for r in rows] == [r.sample_id for r in records]
+    per_family = defaultdict(list)
+    for row, record in zip(rows, records, strict=True):
+        assert row["text"] == record.text and row["family"] == record.family
+        gt = torch.as_tensor(record.boxes, dtype=torch.float64).reshape(-1, 4)
+        torch.testing.assert_close(
+            torch.tensor(row["gt_boxes"], dtype=torch.float64).reshape(-1, 4), gt, rtol=0, atol=0.01
+        )
+        h, w = record.image_size
+        (x0, y0, x1, y1), *_ = row["boxes"]
+        assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h  # original pixels
+        assert len(row["boxes"]) == len(row["scores"])
+        if not record.no_target:
+            iou = box_iou(torch.tensor(row["boxes"][:1]), torch.tensor(row["gt_boxes"][:1]))[0, 0]
+            per_family[record.family].append(float(iou))
+    for family, ious in per_family.items():
+        assert metrics[f"rec/count/family/{family}"] == len(ious)
+        assert metrics[f"rec/miou/family/{family}"] == pytest.approx(sum(ious) / len(ious), abs=0.02)
+
+    table = cli("eval", run_dir / "best", "--data", world, "--split", "testA")
+    assert table.exit_code == 0 and "rec/prec@0.5" in table.stdout and "attribute" in table.stdout
+
+
+def test_eval_of_a_vqa_checkpoint_reports_question_families(cli, world, tmp_path):
+    cfg = load_preset("synth-laconvnet-t-vqa", [f"data.root={world}", *TINY])
+    train_records = open_dataset(world, "synth", "train", task="vqa")
+    answers = build_answers(train_records)
+    vocab = build_vocab(train_records, cfg.data)
+    torch.manual_seed(0)
+    ckpt = ckpt_io.save_checkpoint(
+        tmp_path / "vqa", model=build_model(cfg, vocab, answers), config=cfg, vocab=vocab, answers=answers
+    )
+    res = cli("eval", ckpt, "--data", world, "--split", "val", "--json")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)["metrics"]
+    val = open_dataset(world, "synth", "val", task="vqa")
+    assert metrics["vqa/count"] == len(val) and 0.0 <= metrics["vqa/acc"] <= 1.0
+    families = {k.rsplit("/", 1)[1] for k in metrics if k.startswith("vqa/acc/family/")}
+    assert families == {r.family for r in val} and families <= set(QUESTION_FAMILIES)
+
+
+def test_eval_bad_input_is_one_line_and_overwrites_nothing(cli, run_dir, world, tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("old\n")
+    ev = lambda ckpt, data, *more: cli(
+        "eval", ckpt, "--data", data, "--split", "testA", "--save-predictions", preds, *more
+    )
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "dataset.json").write_text("[1, 2")
+    one_line_error(ev(run_dir, junk), str(junk))
+    one_line_error(ev(run_dir, tmp_path / "nowhere"), str(tmp_path / "nowhere"), "does not exist")
+    one_line_error(cli("eval", run_dir, "--data", world, "--split", "nope"), "unknown split 'nope'")
+    one_line_error(ev(tmp_path / "no-ckpt", world), "no such checkpoint")
+
+    # a checkpoint whose config names another model / whose weights miss keys
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "best", other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["model"]["name"] = "laconvnet_s"
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    one_line_error(ev(other, world), str(other), "holds weights of model 'laconvnet_t'")
+    missing = tmp_path / "missing"
+    shutil.copytree(run_dir / "best", missing)
+    tensors = load_file(str(missing / "model.safetensors"))
+    meta = ckpt_io.read_metadata(missing)
+    save_file(
+        {k: v for k, v in tensors.items() if "box_head" not in k}, str(missing / "model.safetensors"), meta
+    )
+    one_line_error(ev(missing, world), "missing keys box_head.")
+
+    # an unwritable predictions file
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(
+        cli("eval", run_dir, "--data", world, "--split", "testA", "--save-predictions", blocker / "p.jsonl"),
+        str(blocker / "p.jsonl"),
+        "is a file, not a folder",
+    )
+
+    # an image that does not decode, read in this process and in a loader worker
+    broken = tmp_path / "broken"
+    shutil.copytree(world, broken)
+    image = Path(open_dataset(broken, "synth", "testA", task="rec")[0].image_path)
+    image.write_bytes(b"this is not a PNG")
+    one_line_error(ev(run_dir, broken), str(image), "cannot decode image")
+    one_line_error(ev(run_dir, broken, "--workers", "1"), str(image), "cannot decode image")
+    assert preds.read_text() == "old\n"
+    assert blocker.read_text() == "x"

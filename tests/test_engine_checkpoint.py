@@ -1,0 +1,176 @@
+"""Checkpoint directories: atomic writes, keep-last-N, and one-line errors for checkpoints that do not fit."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from langground.config import load_preset
+from langground.engine import checkpoint as ckpt_io
+from langground.engine.builders import build_model
+from langground.errors import CheckpointError
+from langground.text.vocab import Vocabulary
+
+TINY = [
+    "transforms.input_size=64",
+    "model.kwargs.dims=[8, 16, 16, 32, 32]",
+    "model.kwargs.groups=[2, 2, 2, 2, 2]",
+    "model.kwargs.word_dim=16",
+    "model.kwargs.text_dim=32",
+    "model.kwargs.text_ffn=32",
+    "model.kwargs.text_heads=2",
+    "model.kwargs.num_heads=2",
+    "model.kwargs.attn_min_dim=16",
+    "model.kwargs.neck_dim=16",
+]
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def write(path: Path, step: int = 1, seed: int = 0, **kwargs) -> Path:
+    cfg = load_preset("synth-laconvnet-t-rec", TINY)
+    vocab = Vocabulary.build(["the red cube", "a small ball"])
+    torch.manual_seed(seed)
+    return ckpt_io.save_checkpoint(
+        path, model=build_model(cfg, vocab), config=cfg, vocab=vocab, metadata={"step": step}, **kwargs
+    )
+
+
+def test_layout_and_round_trip(tmp_path):
+    ckpt = write(tmp_path / "c", trainer_state={"step": 1})
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.safetensors",
+        "config.yaml",
+        "vocab.json",
+        "trainer_state.pt",
+    }
+    loaded = ckpt_io.load_checkpoint(ckpt)
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in loaded.model.state_dict().items())
+    assert not loaded.model.training and loaded.metadata["step"] == "1"
+    assert ckpt_io.load_trainer_state(ckpt) == {"step": 1}
+
+
+def test_a_failed_write_leaves_the_old_checkpoint_whole(tmp_path, monkeypatch):
+    ckpt = write(tmp_path / "c", step=1, trainer_state={"step": 1})
+    before = digest(ckpt)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)  # the last file of the directory fails
+    with pytest.raises(OSError, match="No space left"):
+        write(tmp_path / "c", step=2, seed=1, trainer_state={"step": 2})
+    with pytest.raises(OSError):
+        write(tmp_path / "new", step=2, trainer_state={"step": 2})
+    assert digest(ckpt) == before
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temp directories left
+    monkeypatch.undo()
+
+    write(tmp_path / "c", step=2, seed=1, trainer_state={"step": 2})  # a replacement goes through whole
+    assert digest(ckpt) != before and ckpt_io.read_metadata(ckpt)["step"] == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_keep_last_and_latest(tmp_path):
+    run = tmp_path / "run"
+    for step in (1, 2, 3, 4):
+        write(run / "checkpoints" / ckpt_io.step_dir_name(step), step=step, trainer_state={"step": step})
+    write(run / "checkpoints" / ckpt_io.step_dir_name(5), step=5)  # no trainer state: cannot resume
+    (run / "checkpoints" / "step-00000009").mkdir()  # no weights: not a checkpoint
+    removed = ckpt_io.prune_checkpoints(run, keep_last=3)
+    assert [p.name for p in removed] == ["step-00000001", "step-00000002"]
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == [
+        "step-00000003",
+        "step-00000004",
+        "step-00000005",
+    ]
+    assert ckpt_io.latest_checkpoint(run).name == "step-00000004"
+    assert ckpt_io.resolve_checkpoint(run).name == "step-00000005"  # newest weights when there is no best/
+    write(run / "best", step=3)
+    assert ckpt_io.resolve_checkpoint(run) == run / "best"
+    assert ckpt_io.resolve_checkpoint(run / "best" / "model.safetensors") == run / "best"
+
+
+def _one_line(match: str, fn, *args) -> str:
+    with pytest.raises(CheckpointError, match=match) as info:
+        fn(*args)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_checkpoints_that_do_not_fit_are_one_line_errors(tmp_path):
+    ckpt = write(tmp_path / "c")
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+
+    other = tmp_path / "other"
+    write(other)
+    config["model"]["name"] = "laconvnet_s"
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    _one_line(
+        r"holds weights of model 'laconvnet_t' but the config asks for 'laconvnet_s'",
+        ckpt_io.load_checkpoint,
+        other,
+    )
+
+    wider = tmp_path / "wider"
+    write(wider)
+    config["model"]["name"] = "laconvnet_t"
+    config["model"]["kwargs"]["neck_dim"] = 24
+    (wider / "config.yaml").write_text(yaml.safe_dump(config))
+    _one_line(
+        r"wider/model.safetensors: weights do not fit the model built from config.yaml: .*size mismatch",
+        ckpt_io.load_checkpoint,
+        wider,
+    )
+
+    missing = tmp_path / "missing"
+    write(missing)
+    tensors = load_file(str(missing / "model.safetensors"))
+    meta = ckpt_io.read_metadata(missing)
+    dropped = sorted(k for k in tensors if k.endswith(".weight"))[:5]
+    save_file(
+        {k: v for k, v in tensors.items() if k not in dropped}, str(missing / "model.safetensors"), meta
+    )
+    message = _one_line(
+        r"weights do not match the model built from config.yaml: missing keys",
+        ckpt_io.load_checkpoint,
+        missing,
+    )
+    assert dropped[0] in message and "(5 in all)" in message
+
+    typo = tmp_path / "typo"
+    write(typo)
+    (typo / "config.yaml").write_text("model:\n  nmae: laconvnet_t\n")
+    _one_line(r"typo/config.yaml: unknown config key 'model.nmae'", ckpt_io.load_checkpoint, typo)
+
+    for name, pattern in [
+        ("config.yaml", "config.yaml missing"),
+        ("vocab.json", "vocabulary file not found"),
+    ]:
+        broken = tmp_path / f"no-{name}"
+        write(broken)
+        (broken / name).unlink()
+        _one_line(pattern, ckpt_io.load_checkpoint, broken)
+
+    garbage = tmp_path / "garbage"
+    write(garbage, trainer_state={"step": 1})
+    (garbage / "model.safetensors").write_bytes(b"not safetensors")
+    (garbage / "trainer_state.pt").write_bytes(b"not a pickle")
+    _one_line(r"garbage/model.safetensors: not a readable safetensors file", ckpt_io.load_checkpoint, garbage)
+    _one_line(r"garbage/trainer_state.pt: cannot read trainer state", ckpt_io.load_trainer_state, garbage)
+    _one_line(r"trainer_state.pt: missing: this checkpoint cannot resume", ckpt_io.load_trainer_state, other)
+
+    (tmp_path / "empty").mkdir()
+    _one_line(
+        r"empty: not a checkpoint \(model.safetensors missing\)", ckpt_io.load_checkpoint, tmp_path / "empty"
+    )
+    _one_line(r"nowhere: no such checkpoint", ckpt_io.load_checkpoint, tmp_path / "nowhere")
