@@ -6,9 +6,11 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from langground.bench import benchmark_model, count_macs
+from langground.bench import bench_text, benchmark_model, count_macs
+from langground.bench.core import BENCH_VOCAB
 from langground.cli.bench import bench
 from langground.layers import DynamicConv
+from langground.registry import create_model
 
 
 class _Toy(nn.Module):
@@ -37,18 +39,39 @@ def test_count_macs_adds_the_operator_and_rnn_formulas():
 
 
 @pytest.mark.slow
-def test_paper_budgets_of_s_and_b():
-    """Params (10,000 x 300 embeddings, REC head) within 5% and MACs at 416^2 within 10% of the paper."""
-    from langground.bench.core import bench_text
-    from langground.registry import create_model
+@pytest.mark.parametrize("name, params, macs", [("laconvnet_s", 24e6, 8.9e9), ("laconvnet_b", 35e6, 14.5e9)])
+def test_paper_budgets_of_s_and_b(name, params, macs):
+    """Table 2: what `langground bench --model NAME --task rec --size 416` reports, with a 10,000-word
+    300-d embedding and the REC head: params within 5% of the paper, MACs within 10%."""
+    r = benchmark_model(name, task="rec", size=416, runs=1, warmup=1, threads=1)
+    assert (r.task, r.size, r.batch) == ("rec", 416, 1)
+    assert abs(r.params / params - 1) < 0.05, (name, r.params)
+    assert abs(r.macs / macs - 1) < 0.10, (name, r.macs)
+    assert r.flops == 2 * r.macs
+    assert {"text_encoder", "backbone", "neck", "box_head"} <= set(r.macs_by_module)
+    assert r.macs_by_formula["DynamicConv"] > 0 and r.macs_by_formula["LSTM"] > 0
+    m = create_model(name, vocab_size=BENCH_VOCAB)  # the model the bench built
+    assert BENCH_VOCAB == 10000 and m.text_encoder.embedding.weight.shape == (10000, 300)
+    assert sum(p.numel() for p in m.parameters()) == r.params
 
-    for name, params, macs in (("laconvnet_s", 24e6, 8.9e9), ("laconvnet_b", 35e6, 14.5e9)):
-        m = create_model(name, vocab_size=10000, input_size=416)
-        n = sum(p.numel() for p in m.parameters())
-        assert abs(n / params - 1) < 0.05, (name, n)
-        r = count_macs(m, torch.randn(1, 3, 416, 416), bench_text(1, 10000))
-        assert abs(r.total / macs - 1) < 0.10, (name, r.total)
-        assert r.explicit["DynamicConv"] > 0
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "ablation, params, macs",
+    [
+        ({"groups": 1}, 22e6, 8.0e9),
+        ({"kernel_size": 3}, 22e6, 8.1e9),
+        ({"pixel_packing": False}, 22e6, 9.1e9),
+        ({"language_only": True}, 19e6, 6.4e9),
+    ],
+)
+def test_table10_ablation_budgets_of_s(ablation, params, macs):
+    """Tab. 10 (LaConvNet-S, REC, 416^2): each ablation within 10% of the paper's (rounded) figures."""
+    m = create_model("laconvnet_s", vocab_size=BENCH_VOCAB, input_size=416, **ablation)
+    n = sum(p.numel() for p in m.parameters())
+    total = count_macs(m, torch.randn(1, 3, 416, 416), bench_text(1, BENCH_VOCAB)).total
+    assert abs(n / params - 1) < 0.10, (ablation, n)
+    assert abs(total / macs - 1) < 0.10, (ablation, total)
 
 
 def test_benchmark_model_tiny():

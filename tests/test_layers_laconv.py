@@ -1,13 +1,18 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from langground.layers import (
     BLOCKS,
+    ConvMLP,
     DynamicConv,
+    FiLMBlock,
     LaConv,
     LaConvBlock,
     ParameterGenerator,
+    QGHCBlock,
     fuse_bn_,
+    masked_mean,
     shared_dynamic_dwconv,
 )
 from langground.ops.dynamic_conv import laconv
@@ -112,15 +117,20 @@ def test_block_residual_structure_eq5_eq6():
     assert torch.allclose(out, m.mlp(mid) + mid, atol=1e-5)
 
 
-def test_fuse_bn_keeps_outputs():
-    torch.manual_seed(0)
-    m = LaConvBlock(16, 32, kernel_size=3, groups=4, packing=2, attn_dim=32, num_heads=4)
-    for mod in m.modules():  # non-trivial running statistics
+def _randomise_bn(module):
+    for mod in module.modules():  # non-trivial running statistics
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.5, 0.5)
+            if mod.affine:
+                mod.weight.data.uniform_(0.5, 1.5)
+                mod.bias.data.uniform_(-0.5, 0.5)
+
+
+def test_fuse_bn_keeps_outputs():
+    torch.manual_seed(0)
+    m = LaConvBlock(16, 32, kernel_size=3, groups=4, packing=2, attn_dim=32, num_heads=4)
+    _randomise_bn(m)
     m.eval()
     x = torch.randn(2, 16, 8, 8)
     y, mask = _text()
@@ -131,3 +141,54 @@ def test_fuse_bn_keeps_outputs():
     assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.mlp.modules())
     with pytest.raises(ValueError, match="eval"):
         fuse_bn_(m.train())
+
+
+def _bn(x, bn):
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def test_mlp_is_eq6_two_1x1_convs_with_bn_and_expansion_4():
+    torch.manual_seed(0)
+    m = ConvMLP(8)
+    _randomise_bn(m)
+    m.eval()
+    assert m.fc1.conv.weight.shape == (32, 8, 1, 1) and m.fc2.conv.weight.shape == (8, 32, 1, 1)
+    x = torch.randn(2, 8, 5, 5)
+    # MLP(X) = BN(act(BN(X W_a)) W_b): no activation after the second BN
+    want = _bn(F.conv2d(F.silu(_bn(F.conv2d(x, m.fc1.conv.weight), m.fc1.bn)), m.fc2.conv.weight), m.fc2.bn)
+    assert torch.allclose(m(x), want, atol=1e-5)
+
+
+def test_film_block_is_perez_resblock_plus_mlp():
+    torch.manual_seed(0)
+    m = FiLMBlock(8, 24)
+    m.film.weight.data.normal_()  # a non-trivial modulation
+    _randomise_bn(m)
+    m.eval()
+    x = torch.randn(2, 8, 6, 6)
+    y, mask = _text(dim=24)
+    gamma, beta = m.film(masked_mean(y, mask))[..., None, None].chunk(2, dim=1)
+    x1 = F.silu(m.reduce(x))
+    h = F.silu((1 + gamma) * F.batch_norm(m.conv(x1), m.norm.running_mean, m.norm.running_var) + beta) + x1
+    out, maps = m(x, y, mask)
+    assert maps is None and torch.allclose(out, h + m.mlp(h), atol=1e-5)
+    assert m.conv.groups == 1 and m.conv.kernel_size == (3, 3)  # FiLM's full 3x3 conv
+    # the language enters: another sentence, another output; padded words change nothing
+    y2 = y.clone()
+    y2[1, 3:] = 50.0
+    assert torch.allclose(m(x, y2, mask)[0], out, atol=1e-6)
+    assert not torch.allclose(m(x, y.flip(0), mask.flip(0))[0][0], out[0])
+
+
+def test_qghc_block_hybrid_kernels_static_plus_question_guided_shared():
+    torch.manual_seed(0)
+    m = QGHCBlock(8, 24, kernel_size=3, groups=2)
+    m.question.weight.data.normal_()
+    _randomise_bn(m)
+    m.eval()
+    x = torch.randn(2, 8, 6, 6)
+    y, mask = _text(dim=24)
+    kernels = m.question(masked_mean(y, mask)).unflatten(1, (2, 9))
+    mid = m.act(m.norm(m.static(x) + shared_dynamic_dwconv(x, kernels, 3)) + x)
+    out, maps = m(x, y, mask)
+    assert maps is None and torch.allclose(out, mid + m.mlp(mid), atol=1e-5)

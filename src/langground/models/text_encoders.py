@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,13 @@ def load_glove(path: str | os.PathLike, words: Sequence[str], dim: int, seed: in
     """Embedding matrix ``(len(words), dim)`` from a GloVe text file (``word v1 ... v_dim`` per line).
 
     Words missing from the file get ``N(0, 0.3^2)`` vectors (about GloVe's scale); row 0 (padding) is
-    zero. A word2vec-style header line (``count dim``) and ``.gz`` files are accepted.
+    zero. A word2vec-style header line (``count dim``) and ``.gz`` files are accepted; blank lines are
+    skipped. The last ``dim`` fields are the vector, so the few glove.840B words that contain spaces
+    still parse.
+
+    Raises:
+        LanggroundError: one line naming ``file:line`` for a missing file, a header of another size, a
+            line with too few or too many numbers, or a value of a vocabulary word that is not a number.
 
     Returns:
         the matrix and the number of vocabulary words found in the file.
@@ -72,22 +80,51 @@ def load_glove(path: str | os.PathLike, words: Sequence[str], dim: int, seed: in
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, 1):
-            parts = line.rstrip().split(" ")
+            line = line.rstrip()
+            if not line:
+                continue
+            parts = line.split(" ")
             if line_no == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                continue  # word2vec header
-            if len(parts) < 2:
+                if int(parts[1]) != dim:  # word2vec header: "count dim"
+                    raise LanggroundError(
+                        f"{path}:1: header announces {parts[1]}-d vectors, expected word_dim={dim}"
+                    )
                 continue
-            word = parts[0]
-            if word not in index:
-                continue
-            if len(parts) - 1 != dim:
+            if len(parts) < dim + 1:
                 raise LanggroundError(
-                    f"{path}:{line_no}: word {word!r} has {len(parts) - 1} values, expected word_dim={dim}"
+                    f"{path}:{line_no}: {len(parts) - 1} values after the word {parts[0]!r}, "
+                    f"expected word_dim={dim}"
                 )
-            table[index[word]] = torch.tensor([float(v) for v in parts[1:]])
-            found[index[word]] = True
+            if len(parts) > dim + 1 and _all_numbers(parts[1:]):
+                raise LanggroundError(
+                    f"{path}:{line_no}: {len(parts) - 1} values after the word {parts[0]!r}, "
+                    f"expected word_dim={dim}"
+                )
+            word = " ".join(parts[:-dim])
+            row = index.get(word)
+            if row is None:
+                continue  # parse numbers only for vocabulary words: GloVe files have millions of lines
+            bad = next((v for v in parts[-dim:] if not _is_number(v)), None)
+            if bad is not None:
+                raise LanggroundError(
+                    f"{path}:{line_no}: word {word!r} has a value {bad!r} that is not a number"
+                )
+            table[row] = torch.tensor([float(v) for v in parts[-dim:]])
+            found[row] = True
     table[0] = 0.0
     return table, int(found.sum())
+
+
+def _is_number(s: str) -> bool:
+    """A finite float (``nan``/``inf`` would poison every sentence that uses the word)."""
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def _all_numbers(fields: Sequence[str]) -> bool:
+    return all(_is_number(s) for s in fields)
 
 
 # ----------------------------------------------------------------------------- RNN + self-attention
@@ -121,7 +158,13 @@ class RNNTextEncoder(nn.Module):
             words = _vocab_words(vocab)
             if len(words) != vocab_size:
                 raise LanggroundError(f"vocab has {len(words)} words but vocab_size={vocab_size}")
-            table, _ = load_glove(glove_path, words, word_dim)
+            table, found = load_glove(glove_path, words, word_dim)
+            if found == 0:
+                warnings.warn(
+                    f"{glove_path}: none of the {len(words)} vocabulary words is in the file "
+                    "(another language or casing?); the embeddings stay random",
+                    stacklevel=2,
+                )
             with torch.no_grad():
                 self.embedding.weight.copy_(table)
         self.embedding.weight.requires_grad_(not freeze_embeddings)

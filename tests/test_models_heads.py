@@ -1,0 +1,145 @@
+"""Task heads (Sec. 5.2 / issue 3): REC anchor-free one-box, RES top-down + dilated context at stride 4,
+VQA attentive pooling + MLP, the no-target logit, and the losses each task trains with."""
+
+import math
+
+import pytest
+import torch
+
+from langground.layers import AttentionPool
+from langground.losses import build_criterion
+from langground.models.heads import BoxHead, SegHead, VQAHead
+from langground.registry import create_model
+from langground.types import Targets, TextBatch
+
+SIZE = 64
+
+
+def _text():
+    ids = torch.tensor([[2, 3, 4, 5], [6, 7, 0, 0]])
+    return TextBatch(ids, ids != 0)
+
+
+def _model(task, **kw):
+    torch.manual_seed(0)
+    return create_model("laconvnet_t", task=task, vocab_size=10, num_answers=5, input_size=SIZE, **kw).eval()
+
+
+def test_rec_answer_is_the_box_of_the_highest_objectness_cell():
+    m = _model("rec")
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, SIZE, SIZE), _text())
+    box_set, logits = out["pred_box_set"], out["pred_box_logits"]
+    cells = (SIZE // m.config.det_stride) ** 2
+    assert box_set.shape == (2, cells, 4) and logits.shape == (2, cells)  # one objectness + box per cell
+    best = logits.argmax(1)
+    assert torch.equal(out["pred_boxes"], box_set[torch.arange(2), best])
+    assert torch.allclose(out["pred_scores"], torch.sigmoid(logits.amax(1)))
+    assert out["aux"]["cell_centers"].shape == (cells, 2)
+
+
+def test_box_head_is_anchor_free_and_decodes_around_each_cell():
+    head = BoxHead(8, 8, num_convs=1, radius=2.0).eval()
+    with torch.no_grad():
+        head.pred.weight.zero_()
+        head.pred.bias.copy_(torch.tensor([0.0, 0.0, 0.0, math.log(0.25 / 0.75), 1.0]))
+        out = head(torch.randn(1, 8, 4, 4))
+    assert head.pred.out_channels == 5  # (tx, ty, tw, th, objectness): no anchors
+    # zero offsets: each cell's box sits on its own centre, sizes from sigmoid
+    assert torch.allclose(out["box_set"][0, :, :2], out["centers"], atol=1e-6)
+    assert torch.allclose(out["box_set"][0, :, 2], torch.full((16,), 0.5))
+    assert torch.allclose(out["box_set"][0, :, 3], torch.full((16,), 0.25))
+    assert torch.allclose(out["logits"], torch.ones(1, 16))
+    with torch.no_grad():
+        head.pred.bias[0] = 100.0  # saturated offset: at most `radius` cells away, clamped to the canvas
+        far = head(torch.randn(1, 8, 4, 4))["box_set"][0, :, 0]
+    assert torch.allclose(far, (out["centers"][:, 0] + 2.0 / 4).clamp(max=1.0), atol=1e-5)
+
+
+def test_rec_trains_with_iou_and_objectness_losses():
+    m = _model("rec")
+    targets = Targets(
+        [torch.tensor([[0.3, 0.3, 0.2, 0.2]]), torch.tensor([[0.7, 0.6, 0.3, 0.4]])],
+        None,
+        torch.zeros(2, dtype=torch.bool),
+        torch.full((2,), -1),
+    )
+    losses = build_criterion("rec")(m.train()(torch.randn(2, 3, SIZE, SIZE), _text()), targets)
+    assert {"loss_giou", "loss_obj"} <= set(losses) and all(losses[k] > 0 for k in ("loss_giou", "loss_obj"))
+
+
+def test_res_head_top_down_dilated_context_stride_4_bce_and_dice():
+    m = _model("res")
+    head = m.seg_head
+    assert isinstance(head, SegHead)
+    assert [b.conv.dilation for b in head.context] == [(1, 1), (2, 2), (3, 3)]  # dilated context on C5
+    assert [lat.conv.in_channels for lat in head.laterals] == [
+        m.config.dims[3],
+        m.config.dims[2],
+        m.config.dims[1],
+    ]
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, SIZE, SIZE), _text())
+    assert out["pred_masks"].shape == (2, 1, SIZE // 4, SIZE // 4)  # stride 4
+    masks = torch.zeros(2, 1, SIZE, SIZE)
+    masks[:, :, 8:40, 8:40] = 1
+    targets = Targets([torch.zeros(1, 4)] * 2, masks, torch.zeros(2, dtype=torch.bool), torch.full((2,), -1))
+    losses = build_criterion("res")(m.train()(torch.randn(2, 3, SIZE, SIZE), _text()), targets)
+    assert set(losses) == {"loss_mask_bce", "loss_mask_dice", "loss"}
+
+
+def test_attention_pool_ignores_padding_and_weights_sum_to_one():
+    torch.manual_seed(0)
+    pool = AttentionPool(6, 4, dropout=0.0).eval()
+    x = torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    out = pool(x, mask)
+    x2 = x.clone()
+    x2[1, 2:] = 100.0
+    assert torch.allclose(pool(x2, mask), out, atol=1e-5)
+    same = torch.randn(1, 1, 6).expand(1, 5, 6)  # equal items: any convex weighting gives that item
+    assert torch.allclose(pool(same), pool.proj(same[:, 0]), atol=1e-5)
+
+
+def test_vqa_head_adds_pooled_image_and_text_then_mlp():
+    torch.manual_seed(0)
+    head = VQAHead(16, 12, num_answers=7, hidden=32, dropout=0.0).eval()
+    vis, txt = torch.randn(2, 16, 3, 3), torch.randn(2, 4, 12)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    fused = head.fuse.norm(head.fuse.visual(vis.flatten(2).transpose(1, 2)) + head.fuse.text(txt, mask))
+    assert torch.allclose(head(vis, txt, mask), head.mlp(fused), atol=1e-5)
+    m = _model("vqa")
+    with torch.no_grad():
+        a = m(torch.randn(2, 3, SIZE, SIZE), _text())["pred_answer"]
+        b = m(torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)), _text())[
+            "pred_answer"
+        ]
+        one = torch.randn(1, 3, SIZE, SIZE).expand(2, -1, -1, -1)
+        c = m(one, _text())["pred_answer"]
+    assert a.shape == (2, 5) and not torch.allclose(a, b)  # depends on the image
+    assert not torch.allclose(c[0], c[1])  # and on the question
+    losses = build_criterion("vqa")(m.train()(torch.randn(2, 3, SIZE, SIZE), _text()), _vqa_targets())
+    assert set(losses) == {"loss_answer", "loss"}
+
+
+def _vqa_targets():
+    return Targets([torch.zeros(0, 4)] * 2, None, torch.zeros(2, dtype=torch.bool), torch.tensor([1, 4]))
+
+
+@pytest.mark.parametrize("task", ["gref", "gres"])
+def test_generalized_tasks_have_a_no_target_logit_that_reads_the_text(task):
+    m = _model(task)
+    images = torch.randn(1, 3, SIZE, SIZE).expand(2, -1, -1, -1).contiguous()  # one image, two expressions
+    with torch.no_grad():
+        out = m(images, _text())
+    assert out["pred_no_target"].shape == (2,)
+    assert (out["pred_no_target"][0] - out["pred_no_target"][1]).abs() > 1e-4
+    masks = torch.zeros(2, 1, SIZE, SIZE)
+    targets = Targets(
+        [torch.zeros(0, 4), torch.tensor([[0.5, 0.5, 0.3, 0.3]])],
+        masks,
+        torch.tensor([True, False]),
+        torch.full((2,), -1),
+    )
+    losses = build_criterion(task)(m.train()(images, _text()), targets)
+    assert "loss_no_target" in losses and losses["loss_no_target"] > 0
