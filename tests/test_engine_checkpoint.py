@@ -174,3 +174,19 @@ def test_checkpoints_that_do_not_fit_are_one_line_errors(tmp_path):
         r"empty: not a checkpoint \(model.safetensors missing\)", ckpt_io.load_checkpoint, tmp_path / "empty"
     )
     _one_line(r"nowhere: no such checkpoint", ckpt_io.load_checkpoint, tmp_path / "nowhere")
+
+
+def test_glove_path_in_config_initialises_and_is_not_needed_to_reload(tmp_path):
+    vocab = Vocabulary.build(["the red cube", "a small ball"])
+    glove = tmp_path / "glove.txt"
+    glove.write_text("red " + " ".join(["0.5"] * 16) + "\ncube " + " ".join(["-0.25"] * 16) + "\n")
+    cfg = load_preset("synth-laconvnet-t-rec", [*TINY, f"model.kwargs.glove_path={glove}"])
+    model = build_model(cfg, vocab)  # the engine hands the vocabulary to the GloVe lookup
+    table = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding)).weight
+    assert torch.allclose(table[vocab.words.index("red")], torch.full((16,), 0.5))
+    assert torch.allclose(table[vocab.words.index("cube")], torch.full((16,), -0.25))
+    ckpt = ckpt_io.save_checkpoint(tmp_path / "c", model=model, config=cfg, vocab=vocab)
+    glove.unlink()  # the checkpoint's weights are what count now
+    loaded = ckpt_io.load_checkpoint(ckpt)
+    emb = next(m for m in loaded.model.modules() if isinstance(m, torch.nn.Embedding)).weight
+    assert torch.equal(emb, table)

@@ -166,10 +166,6 @@ def test_sweep_found_the_laconvnets():
     assert {"laconvnet_t", "laconvnet_s", "laconvnet_b"} <= set(MODELS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GroundingModel.validate_inputs (models/base.py) does not compare L with max_text_length yet",
-)
 @pytest.mark.parametrize("name", MODELS)
 def test_text_longer_than_max_text_length_is_a_clear_value_error(name):
     model = create_model(name, vocab_size=VOCAB, input_size=SIZE, max_text_length=4).eval()

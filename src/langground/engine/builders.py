@@ -171,8 +171,14 @@ def answer_index(answers: Sequence[str] | None) -> dict[str, int] | None:
 # model and criterion
 
 
-def build_model(config: Config, vocab: Vocabulary, answers: Sequence[str] | None = None) -> nn.Module:
-    """``create_model(name, task, input_size, max_text_length, vocab_size, num_answers, **kwargs)``."""
+def build_model(
+    config: Config, vocab: Vocabulary, answers: Sequence[str] | None = None, pretrained: bool = True
+) -> nn.Module:
+    """``create_model(name, task, input_size, max_text_length, vocab_size, num_answers, **kwargs)``.
+
+    ``pretrained=False`` skips initialisations that read files (``glove_path``): a checkpoint's weights
+    replace them anyway, and the file may no longer be where training found it.
+    """
     from langground.registry import create_model, is_model, list_models
 
     name = config.model.name
@@ -181,6 +187,10 @@ def build_model(config: Config, vocab: Vocabulary, answers: Sequence[str] | None
             f"config model.name={name!r}: not a registered model; known: {', '.join(list_models())}"
         )
     kwargs = dict(config.model.kwargs)
+    if not pretrained:
+        kwargs.pop("glove_path", None)
+    elif kwargs.get("glove_path"):
+        kwargs.setdefault("vocab", vocab)  # GloVe rows are looked up by the vocabulary's words
     kwargs.update(
         task=config.model.task,
         input_size=config.transforms.input_size,

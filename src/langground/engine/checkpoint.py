@@ -278,7 +278,7 @@ def load_checkpoint(
         raise CheckpointError(str(e)) from None
     answers = read_answers(ckpt)
     try:
-        model = build_model(config, vocab, answers)
+        model = build_model(config, vocab, answers, pretrained=False)
     except LanggroundError as e:
         raise CheckpointError(f"{ckpt}: {e}") from None
     except (TypeError, ValueError) as e:

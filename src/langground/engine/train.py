@@ -553,7 +553,7 @@ class Trainer:
         best = self.run_dir / ckpt_io.BEST_DIR / ckpt_io.WEIGHTS
         D.barrier()
         if best.is_file():
-            model = builders.build_model(cfg, self.vocab, self.answers)
+            model = builders.build_model(cfg, self.vocab, self.answers, pretrained=False)
             ckpt_io.load_weights(model, best)
             model.to(self.device)
         out = {}

@@ -89,6 +89,11 @@ class GroundingModel(nn.Module):
             )
         if ids.shape[1] == 0:
             raise LanggroundError("empty text batch: the expressions have no tokens (L = 0)")
+        if ids.shape[1] > self.max_text_length:
+            raise LanggroundError(
+                f"expressions have {ids.shape[1]} tokens, more than max_text_length={self.max_text_length}; "
+                "truncate them (Vocabulary.batch does)"
+            )
         if mask.shape != ids.shape:
             raise LanggroundError(
                 f"attention_mask shape {tuple(mask.shape)} does not match token_ids shape {tuple(ids.shape)}"

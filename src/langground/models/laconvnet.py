@@ -13,7 +13,7 @@ laconvnet_t     16 / 32 / 64 / 96 / 128   8/4/2/1/1  4/4/8/8/8   3/5/5/5/5  1/1/
 ``laconvnet_t`` is ours (not in the paper): a CPU-trainable model for the synthetic world (<= 256^2,
 ~60-word vocabulary) with a 64-d embedding, 128-d GRU + self-attention text encoder, 4 attention heads and
 a 64-d neck predicting boxes at stride 16. S and B use GloVe-sized 300-d words, a 512-d LSTM + one
-self-attention layer (8 heads, FFN 2048) as in Sec. 5.2, and a 256-d neck predicting at stride 32.
+self-attention layer (8 heads, FFN 2048) as in Sec. 5.2, and a 288-d neck predicting at stride 32.
 
 Layout: stride-2 stem (Table 1's "16-d linear" + first pool, as one 3x3 conv), stage 1 at stride 2, then
 before each later stage a "2x2 stride 2 pool" that also changes the width (a 2x2/stride-2 conv + BN, i.e. a
