@@ -140,7 +140,9 @@ def show(
     name = _resolve(root, dataset)[0]
     ds = _open(root, name, split, task)
     if not -len(ds) <= index < len(ds):
-        raise LanggroundError(f"--index {index}: split {split!r} of {name} has {len(ds)} records (0..{len(ds) - 1})")
+        raise LanggroundError(
+            f"--index {index}: split {split!r} of {name} has {len(ds)} records (0..{len(ds) - 1})"
+        )
     if out.exists() and out.is_dir():
         raise LanggroundError(f"--out {out}: is a directory, expected a .png file path")
     rec = ds[index]
@@ -158,18 +160,31 @@ def check(
     dataset: str | None = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     split: str = typer.Option("all", "--split", "-s", help="Split to check (default: all)."),
     task: str | None = typer.Option(None, "--task", "-t", help=TASK_HELP),
-    decode: bool = typer.Option(True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."),
+    decode: bool = typer.Option(
+        True, "--decode/--no-decode", help="Decode every image (slower, finds corrupt files)."
+    ),
     masks: bool = typer.Option(True, "--masks/--no-masks", help="Decode masks and compare their areas."),
     area_tol: float = typer.Option(0.02, "--area-tol", help="Allowed relative mask-area disagreement."),
     max_offenders: int = typer.Option(5, "--max-offenders", help="Offenders listed per kind of problem."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Validate a dataset before a long run; exit code 1 when anything is wrong."""
-    from langground.data.check import KINDS, check_dataset
+    from langground.data.base import Problem
+    from langground.data.check import KINDS, CheckReport, check_dataset
 
     reports = []
     for name in _resolve(root, dataset):
-        ds = _open(root, name, split, task, **({"strict": False} if _accepts_strict(name) else {}))
+        try:
+            # strict=False: malformed entries are skipped and reported, not fatal.
+            ds = _open(root, name, split, task, strict=False)
+        except DataError as e:
+            # A file that cannot be read at all (not a pickle, not JSON, an unknown split...) is one problem.
+            rep = CheckReport(name, split, task or "-", max_offenders=max_offenders)
+            rep.add(Problem("unreadable file", name, str(e)))
+            reports.append(rep)
+            if not as_json:
+                _print_report(rep, KINDS)
+            continue
         progress = Progress(
             TextColumn(f"[bold]check {name}"),
             BarColumn(),
@@ -199,12 +214,6 @@ def check(
         typer.echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
     if any(not r.ok for r in reports):
         raise typer.Exit(code=1)
-
-
-def _accepts_strict(name: str) -> bool:
-    from langground.data import dataset_spec
-
-    return dataset_spec(name).layout in ("refer", "grefcoco", "synth")
 
 
 def _print_report(rep: Any, kinds: tuple[str, ...]) -> None:

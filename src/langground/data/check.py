@@ -20,6 +20,8 @@ from langground.data.images import image_size, verify_image
 from langground.errors import DataError
 
 KINDS = (
+    "unreadable file",
+    "malformed entry",
     "unreadable record",
     "missing image",
     "unreadable image",
@@ -66,9 +68,7 @@ class CheckReport:
             "masks_checked": self.masks,
             "ok": self.ok,
             "problems": {k: self.counts[k] for k in KINDS if self.counts[k]},
-            "first_offenders": {
-                k: [f"{p.item}: {p.message}" for p in v] for k, v in self.offenders.items()
-            },
+            "first_offenders": {k: [f"{p.item}: {p.message}" for p in v] for k, v in self.offenders.items()},
         }
 
 
@@ -105,7 +105,9 @@ def check_dataset(
                 rep.add(Problem("mask", item, str(e)))
                 continue
             if np.isfinite(area) and abs(got - area) > max(area_tol * area, 4.0):
-                rep.add(Problem("mask area", item, f"decoded mask has {got} px, annotation area is {area:.1f}"))
+                rep.add(
+                    Problem("mask area", item, f"decoded mask has {got} px, annotation area is {area:.1f}")
+                )
     for i in range(len(ds)):
         if progress is not None:
             progress(i)
@@ -115,7 +117,9 @@ def check_dataset(
             rep.add(Problem("unreadable record", f"#{i}", str(e)))
             continue
         rep.records += 1
-        rid = f"{rec.split}/{rec.sample_id}" if ds.split == "all" else rec.sample_id
+        # With all splits, ids are named with their split (unless the layout's ids already are).
+        prefixed = ds.split != "all" or rec.sample_id.startswith(f"{rec.split}/")
+        rid = rec.sample_id if prefixed else f"{rec.split}/{rec.sample_id}"
         key = (rec.split, rec.sample_id)
         if key in seen_ids:
             rep.add(Problem("duplicate id", f"sample {rid}", "sample id repeats"))
@@ -142,7 +146,9 @@ def check_dataset(
             if not np.all(np.isfinite(b)) or x1 <= x0 or y1 <= y0:
                 rep.add(Problem("empty box", f"sample {rid}", f"box {_fmt(b)} has no area"))
             elif h and w and (x0 < -box_tol or y0 < -box_tol or x1 > w + box_tol or y1 > h + box_tol):
-                rep.add(Problem("box outside image", f"sample {rid}", f"box {_fmt(b)} outside the {w}x{h} image"))
+                rep.add(
+                    Problem("box outside image", f"sample {rid}", f"box {_fmt(b)} outside the {w}x{h} image")
+                )
         # Masks of layouts without stored areas (npy / run-length / .mat): decode each distinct one.
         if check_masks and not has_areas and rec.mask_loader is not None and not rec.no_target:
             mkey = (rec.image_path, rec.ann_ids, rec.meta.get("mask_id"), rec.meta.get("mask_file"))
@@ -155,7 +161,11 @@ def check_dataset(
                     rep.add(Problem("mask", f"sample {rid}", str(e)))
                 else:
                     if m is not None and not np.any(m):
-                        rep.add(Problem("mask area", f"sample {rid}", "mask is empty but the expression has a target"))
+                        rep.add(
+                            Problem(
+                                "mask area", f"sample {rid}", "mask is empty but the expression has a target"
+                            )
+                        )
     rep.images = len(image_status)
     return rep
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, DatasetProtocol, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.coco import read_json
 from langground.data.images import image_size
 from langground.data.protocols import CLEVR
@@ -131,7 +138,13 @@ class QuestionsDataset(RecordDataset):
         size_fn: Callable[[int, str, Path, bool], tuple[int, int]],
     ) -> None:
         super().__init__(
-            root=root, name=name, split=split, protocol=protocol, image_dirs=image_dirs, task="vqa", files=files
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=image_dirs,
+            task="vqa",
+            files=files,
         )
         q = questions
         self.qids = np.asarray(q["qid"], np.int64)
@@ -180,11 +193,18 @@ class QuestionsDataset(RecordDataset):
         )
 
 
-def read_questions(path: Path, want_split: str | None, default_split: str | None) -> tuple[dict[str, list[Any]], set[str]]:
-    """Parse a CLEVR-layout questions file into compact columns (optionally one split only)."""
+def read_questions(
+    path: Path, want_split: str | None, default_split: str | None, bad: Collector | None = None
+) -> tuple[dict[str, list[Any]], set[str]]:
+    """Parse a CLEVR-layout questions file into compact columns (optionally one split only).
+
+    A malformed question raises (``bad`` None or strict) or is skipped and reported to ``bad``.
+    """
+    bad = bad or Collector(strict=True)
     codec = ProgramCodec()
     cols: dict[str, list[Any]] = {
-        k: [] for k in ("qid", "image_index", "split", "text", "answer", "family", "program", "image_filename")
+        k: []
+        for k in ("qid", "image_index", "split", "text", "answer", "family", "program", "image_filename")
     }
     seen_splits: set[str] = set()
     count = [0]
@@ -195,6 +215,13 @@ def read_questions(path: Path, want_split: str | None, default_split: str | None
         n = count[0]
         count[0] += 1
         qid = d.get("question_index", d.get("question_id", n))
+        try:
+            return parse(d, qid)
+        except DataError as e:
+            bad(f"question {qid}", e)
+            return None
+
+    def parse(d: dict[str, Any], qid: Any) -> None:
         split = str(d.get("split", default_split or ""))
         if not split:
             raise DataError(f"{path}: question {qid} has no 'split' (expected train/val/testA/...)")
@@ -206,10 +233,13 @@ def read_questions(path: Path, want_split: str | None, default_split: str | None
         family = d.get("question_family", d.get("question_family_index"))
         try:
             program = codec.encode(d.get("program"))
-        except ValueError as e:
-            raise DataError(f"{path}: question {qid}: {e}") from None
-        cols["qid"].append(int(qid))
-        cols["image_index"].append(int(d.get("image_index", -1)))
+            qid, index = int(qid), int(d.get("image_index", -1))
+        except (TypeError, ValueError) as e:
+            raise DataError(
+                f"{path}: question {qid}: {e} (expected integer ids and a list of program nodes)"
+            ) from None
+        cols["qid"].append(qid)
+        cols["image_index"].append(index)
         cols["split"].append(split)
         cols["text"].append(d["question"])
         cols["answer"].append(answer_text(d.get("answer")))
@@ -223,9 +253,13 @@ def read_questions(path: Path, want_split: str | None, default_split: str | None
     items = top.get("questions") if isinstance(top, dict) else top
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a 'questions' list (CLEVR layout) or a list of questions")
-    if any(x is not None for x in items):
-        bad = next(x for x in items if x is not None)
-        raise DataError(f"{path}: question entry {str(bad)[:60]!r} has no 'question' text")
+    for i, x in enumerate(items):
+        if x is not None:
+            qid = x.get("question_index", i) if isinstance(x, dict) else i
+            bad(
+                f"question {qid}",
+                DataError(f"{path}: question {qid} ({str(x)[:60]!r}) has no 'question' text"),
+            )
     return cols, seen_splits
 
 
@@ -236,19 +270,24 @@ def open_clevr(
     name: str = "clevr",
     image_dir: str | Path | None = None,
     image_size_hw: tuple[int, int] = CLEVR_SIZE,
+    protocol: DatasetProtocol = CLEVR,
+    strict: bool = True,
 ) -> QuestionsDataset:
     """CLEVR v1.0: ``<root>/questions/CLEVR_{split}_questions.json``, images ``<root>/images/{split}/``."""
     qdir = root / "questions"
-    available = sorted(p.name[len("CLEVR_") : -len("_questions.json")] for p in qdir.glob("CLEVR_*_questions.json"))
+    available = sorted(
+        p.name[len("CLEVR_") : -len("_questions.json")] for p in qdir.glob("CLEVR_*_questions.json")
+    )
     if not available:
         raise DataError(f"{qdir}: no CLEVR_<split>_questions.json files (expected the CLEVR v1.0 layout)")
     check_split(split, available, qdir)
     splits = available if split == ALL_SPLITS else [split]
     cols: dict[str, list[Any]] = {}
     files = []
+    bad = Collector(strict)
     for s in splits:
         path = qdir / f"CLEVR_{s}_questions.json"
-        part, _ = read_questions(path, None, s)
+        part, _ = read_questions(path, None, s, bad)
         part["split"] = [s] * len(part["qid"])  # the file name is the truth
         for k, v in part.items():
             cols.setdefault(k, []).extend(v)
@@ -261,11 +300,11 @@ def open_clevr(
     def size_fn(index: int, split: str, path: Path, resolve: bool) -> tuple[int, int]:
         return image_size_hw
 
-    return QuestionsDataset(
+    ds = QuestionsDataset(
         root=root,
         name=name,
         split=split,
-        protocol=CLEVR,
+        protocol=protocol,
         image_dirs=[base / s for s in splits],
         files=files,
         questions=cols,
@@ -273,6 +312,8 @@ def open_clevr(
         image_path_fn=lambda s, f: base / s / f,
         size_fn=size_fn,
     )
+    ds.index_problems.extend(bad.problems)
+    return ds
 
 
 def header_size_fn(index: int, split: str, path: Path, resolve: bool) -> tuple[int, int]:
@@ -285,4 +326,5 @@ register_dataset(
     opener=open_clevr,
     detect=lambda root: any((root / "questions").glob("CLEVR_*_questions.json")),
     description="CLEVR v1.0 VQA questions (train/val/test), accuracy per question type",
+    protocol=CLEVR,
 )

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.clevr import CLEVR_SIZE, ProgramCodec
 from langground.data.coco import read_json
 from langground.data.protocols import CLEVR_REF
@@ -32,7 +39,11 @@ def _read_scenes(path: Path) -> dict[int, tuple[str | None, dict[str, str], dict
     def hook(d: dict[str, Any]) -> Any:
         if "objects" in d and "image_index" in d:
             # Keep masks and boxes only: relationships/directions are large and unused here.
-            scenes[int(d["image_index"])] = (d.get("image_filename"), d.get("obj_mask") or {}, d.get("obj_bbox") or {})
+            scenes[int(d["image_index"])] = (
+                d.get("image_filename"),
+                d.get("obj_mask") or {},
+                d.get("obj_bbox") or {},
+            )
             return None
         return d
 
@@ -45,11 +56,29 @@ def _read_scenes(path: Path) -> dict[int, tuple[str | None, dict[str, str], dict
 class ClevrRefDataset(RecordDataset):
     layout = "clevr-ref+"
 
-    def __init__(self, *, root: Path, name: str, split: str, files: list[Path], image_base: Path,
-                 splits: list[str], rows: dict[str, list[Any]], scenes: dict[tuple[str, int], Any],
-                 image_size_hw: tuple[int, int]) -> None:
-        super().__init__(root=root, name=name, split=split, protocol=CLEVR_REF,
-                         image_dirs=[image_base / s for s in splits], task="res", files=files)
+    def __init__(
+        self,
+        *,
+        root: Path,
+        name: str,
+        split: str,
+        files: list[Path],
+        image_base: Path,
+        splits: list[str],
+        rows: dict[str, list[Any]],
+        scenes: dict[tuple[str, int], Any],
+        image_size_hw: tuple[int, int],
+        protocol: DatasetProtocol = CLEVR_REF,
+    ) -> None:
+        super().__init__(
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=[image_base / s for s in splits],
+            task="res",
+            files=files,
+        )
         self.image_base = image_base
         self.split_names = splits
         code = {s: i for i, s in enumerate(splits)}
@@ -74,8 +103,10 @@ class ClevrRefDataset(RecordDataset):
     def _scene(self, split: str, index: int, rid: int) -> Any:
         scene = self.scenes.get((split, index))
         if scene is None:
-            raise DataError(f"{self.root}: refexp {rid} ({split}): image_index {index} has no scene in "
-                            f"{_PREFIX}{split}_scenes.json")
+            raise DataError(
+                f"{self.root}: refexp {rid} ({split}): image_index {index} has no scene in "
+                f"{_PREFIX}{split}_scenes.json"
+            )
         return scene
 
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
@@ -88,14 +119,25 @@ class ClevrRefDataset(RecordDataset):
         for j, k in enumerate(objs):
             b = bboxes.get(str(k + 1))  # obj_bbox / obj_mask keys are 1-based
             if b is None or len(b) != 4:
-                raise DataError(f"{_PREFIX}{split}_scenes.json: image {index}: no obj_bbox[{k + 1!r}] "
-                                f"for referent {k} of refexp {rid} (expected xywh)")
+                raise DataError(
+                    f"{_PREFIX}{split}_scenes.json: image {index}: no obj_bbox[{k + 1!r}] "
+                    f"for referent {k} of refexp {rid} (expected xywh)"
+                )
             boxes[j] = (b[0], b[1], b[0] + b[2], b[1] + b[3])
         return GroundingRecord(
-            sample_id=str(rid), image_id=index, image_path=str(self.image_base / split / fname),
-            image_size=self.size, text=self.texts[i], boxes=boxes, no_target=not objs, dataset=self.name,
-            split=split, raw_text=self.texts[i], family=self.families[i],
-            program=ProgramCodec.decode(self.programs[i]), ann_ids=objs,
+            sample_id=str(rid),
+            image_id=index,
+            image_path=str(self.image_base / split / fname),
+            image_size=self.size,
+            text=self.texts[i],
+            boxes=boxes,
+            no_target=not objs,
+            dataset=self.name,
+            split=split,
+            raw_text=self.texts[i],
+            family=self.families[i],
+            program=ProgramCodec.decode(self.programs[i]),
+            ann_ids=objs,
             mask_loader=functools.partial(self._mask, split, index, objs, rid),
             meta={"object_indices": objs},
         )
@@ -107,8 +149,10 @@ class ClevrRefDataset(RecordDataset):
         for k in objs:
             runs = masks.get(str(k + 1))
             if runs is None:
-                raise DataError(f"{_PREFIX}{split}_scenes.json: image {index}: no obj_mask[{k + 1!r}] for "
-                                f"refexp {rid} (expected row-major run lengths)")
+                raise DataError(
+                    f"{_PREFIX}{split}_scenes.json: image {index}: no obj_mask[{k + 1!r}] for "
+                    f"refexp {rid} (expected row-major run lengths)"
+                )
             try:
                 out |= M.row_major_runs_to_mask(runs, h, w)
             except ValueError as e:
@@ -116,7 +160,9 @@ class ClevrRefDataset(RecordDataset):
         return out
 
 
-def _read_refexps(path: Path, split: str, codec: ProgramCodec, rows: dict[str, list[Any]]) -> None:
+def _read_refexps(
+    path: Path, split: str, codec: ProgramCodec, rows: dict[str, list[Any]], bad: Collector
+) -> None:
     count = [0]
 
     def hook(d: dict[str, Any]) -> Any:
@@ -125,15 +171,27 @@ def _read_refexps(path: Path, split: str, codec: ProgramCodec, rows: dict[str, l
         n = count[0]
         count[0] += 1
         rid = d.get("refexp_index", d.get("refexp_id", n))
+        try:
+            parse(d, rid)
+        except DataError as e:
+            bad(f"refexp {rid}", e)
+        return None
+
+    def parse(d: dict[str, Any], rid: Any) -> None:
         program = d.get("program")
         if not isinstance(program, list) or not program or not isinstance(program[-1], dict):
             raise DataError(f"{path}: refexp {rid}: missing key 'program' (expected a list of nodes)")
         out = program[-1].get("_output")
         if out is None:
             raise DataError(f"{path}: refexp {rid}: last program node has no '_output' (the referents)")
-        referents = [int(out)] if isinstance(out, int) else [int(k) for k in out]
+        try:
+            referents = [int(out)] if isinstance(out, int) else [int(k) for k in out]
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: refexp {rid}: last node's _output {out!r} is not object indices (expected 0-based ints)"
+            ) from None
         if "image_index" not in d:
-            raise DataError(f"{path}: refexp {rid}: missing key 'image_index'")
+            raise DataError(f"{path}: refexp {rid}: missing key 'image_index' (expected the scene's index)")
         template = d.get("template_filename")
         rows["rid"].append(int(rid))
         rows["split"].append(split)
@@ -141,37 +199,69 @@ def _read_refexps(path: Path, split: str, codec: ProgramCodec, rows: dict[str, l
         rows["referents"].append(referents)
         rows["text"].append(d["refexp"])
         rows["family"].append(None if template is None else sys.intern(Path(str(template)).stem))
-        rows["program"].append(codec.encode([{k: v for k, v in node.items() if k != "_output"} for node in program]))
-        return None
+        rows["program"].append(
+            codec.encode([{k: v for k, v in node.items() if k != "_output"} for node in program])
+        )
 
     top = read_json(path, hook)
-    if not isinstance(top, dict) or "refexps" not in top:
+    if not isinstance(top, dict) or not isinstance(top.get("refexps"), list):
         raise DataError(f"{path}: missing key 'refexps' (expected a CLEVR-Ref+ refexps file)")
+    for i, x in enumerate(top["refexps"]):
+        if x is not None:
+            rid = x.get("refexp_index", i) if isinstance(x, dict) else i
+            bad(
+                f"refexp {rid}",
+                DataError(f"{path}: refexp {rid}: missing key 'refexp' (the expression text)"),
+            )
 
 
-def open_clevr_ref(root: Path, split: str, *, name: str = "clevr-ref+", image_dir: str | Path | None = None,
-                   image_size_hw: tuple[int, int] = CLEVR_SIZE) -> ClevrRefDataset:
+def open_clevr_ref(
+    root: Path,
+    split: str,
+    *,
+    name: str = "clevr-ref+",
+    image_dir: str | Path | None = None,
+    image_size_hw: tuple[int, int] = CLEVR_SIZE,
+    protocol: DatasetProtocol = CLEVR_REF,
+    strict: bool = True,
+) -> ClevrRefDataset:
     rdir, sdir = root / "refexps", root / "scenes"
-    available = sorted(p.name[len(_PREFIX) : -len("_refexps.json")] for p in rdir.glob(f"{_PREFIX}*_refexps.json"))
+    available = sorted(
+        p.name[len(_PREFIX) : -len("_refexps.json")] for p in rdir.glob(f"{_PREFIX}*_refexps.json")
+    )
     if not available:
         raise DataError(f"{rdir}: no {_PREFIX}<split>_refexps.json files (expected the CLEVR-Ref+ layout)")
     check_split(split, available, rdir)
     splits = available if split == ALL_SPLITS else [split]
     codec = ProgramCodec()
-    rows: dict[str, list[Any]] = {k: [] for k in ("rid", "split", "image_index", "referents", "text", "family", "program")}
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("rid", "split", "image_index", "referents", "text", "family", "program")
+    }
     scenes: dict[tuple[str, int], Any] = {}
     files = []
+    bad = Collector(strict)
     for s in splits:
         spath = sdir / f"{_PREFIX}{s}_scenes.json"
         if not spath.is_file():
             raise DataError(f"{spath}: scenes file not found (needed for the masks of {s} refexps)")
         rpath = rdir / f"{_PREFIX}{s}_refexps.json"
-        _read_refexps(rpath, s, codec, rows)
+        _read_refexps(rpath, s, codec, rows, bad)
         scenes.update({(s, k): v for k, v in _read_scenes(spath).items()})
         files += [rpath, spath]
-    return ClevrRefDataset(root=root, name=name, split=split, files=files,
-                           image_base=Path(image_dir) if image_dir else root / "images", splits=splits,
-                           rows=rows, scenes=scenes, image_size_hw=image_size_hw)
+    ds = ClevrRefDataset(
+        root=root,
+        name=name,
+        split=split,
+        files=files,
+        protocol=protocol,
+        image_base=Path(image_dir) if image_dir else root / "images",
+        splits=splits,
+        rows=rows,
+        scenes=scenes,
+        image_size_hw=image_size_hw,
+    )
+    ds.index_problems.extend(bad.problems)
+    return ds
 
 
 register_dataset(
@@ -180,4 +270,5 @@ register_dataset(
     opener=open_clevr_ref,
     detect=lambda root: any((root / "refexps").glob(f"{_PREFIX}*_refexps.json")),
     description="CLEVR-Ref+ referring expressions with row-major RLE object masks (overall IoU)",
+    protocol=CLEVR_REF,
 )

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.images import pick_image_dir
 from langground.data.protocols import FLICKR_MERGED, FLICKR_SEPARATE
 from langground.errors import DataError
@@ -50,7 +57,9 @@ def parse_sentence(line: str) -> tuple[str, list[dict[str, Any]]]:
     return " ".join(words), phrases
 
 
-def parse_annotation(path: Path) -> tuple[dict[str, list[list[float]]], set[str], set[str], tuple[int, int], str | None]:
+def parse_annotation(
+    path: Path,
+) -> tuple[dict[str, list[list[float]]], set[str], set[str], tuple[int, int], str | None]:
     """``(boxes per chain, nobox chains, scene chains, (H, W), filename)`` of one Annotations XML."""
     try:
         root = ET.parse(path).getroot()
@@ -74,7 +83,9 @@ def parse_annotation(path: Path) -> tuple[dict[str, list[list[float]]], set[str]
                 # 1-based pixel indices -> minus 1 on all four, as the official toolkit does.
                 b = [float(bb.findtext(k)) - 1 for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise DataError(f"{path}: object {names}: <bndbox> needs numeric xmin/ymin/xmax/ymax") from None
+                raise DataError(
+                    f"{path}: object {names}: <bndbox> needs numeric xmin/ymin/xmax/ymax"
+                ) from None
             for n in names:
                 boxes.setdefault(n, []).append(b)
             continue
@@ -89,12 +100,32 @@ def parse_annotation(path: Path) -> tuple[dict[str, list[list[float]]], set[str]
 class Flickr30kDataset(RecordDataset):
     layout = "flickr30k"
 
-    def __init__(self, *, root: Path, name: str, split: str, merged: bool, rows: dict[str, list[Any]],
-                 images: list[tuple[str, str, tuple[int, int], list[str]]], box_off: np.ndarray,
-                 box_flat: np.ndarray, image_dir: Path, candidates: list[Path], files: list[Path],
-                 skipped: dict[str, int]) -> None:
-        super().__init__(root=root, name=name, split=split, protocol=FLICKR_MERGED if merged else FLICKR_SEPARATE,
-                         image_dirs=candidates, task="rec", files=files)
+    def __init__(
+        self,
+        *,
+        root: Path,
+        name: str,
+        split: str,
+        merged: bool,
+        rows: dict[str, list[Any]],
+        images: list[tuple[str, str, tuple[int, int], list[str]]],
+        box_off: np.ndarray,
+        box_flat: np.ndarray,
+        image_dir: Path,
+        candidates: list[Path],
+        files: list[Path],
+        skipped: dict[str, int],
+        protocol: DatasetProtocol,
+    ) -> None:
+        super().__init__(
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=candidates,
+            task="rec",
+            files=files,
+        )
         self.merged = merged
         self.rows = rows
         self.images = images  # (image id, split, (H, W), sentences)
@@ -119,17 +150,37 @@ class Flickr30kDataset(RecordDataset):
             boxes = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])[None]
         s = r["sentence"][i]
         return GroundingRecord(
-            sample_id=f"{image_id}/{s}/{r['phrase_index'][i]}", image_id=image_id,
-            image_path=str(self.image_dir / f"{image_id}.jpg"), image_size=size, text=r["text"][i],
-            boxes=boxes.astype(np.float32, copy=True), dataset=self.name, split=split, raw_text=r["text"][i],
-            family=r["family"][i], ref_id=r["chain"][i],
-            meta={"sentence": sentences[s], "sentence_index": s, "first_word_index": r["first_word"][i],
-                  "phrase_types": r["types"][i], "n_boxes": int(self.box_off[i + 1] - self.box_off[i])},
+            sample_id=f"{image_id}/{s}/{r['phrase_index'][i]}",
+            image_id=image_id,
+            image_path=str(self.image_dir / f"{image_id}.jpg"),
+            image_size=size,
+            text=r["text"][i],
+            boxes=boxes.astype(np.float32, copy=True),
+            dataset=self.name,
+            split=split,
+            raw_text=r["text"][i],
+            family=r["family"][i],
+            ref_id=r["chain"][i],
+            meta={
+                "sentence": sentences[s],
+                "sentence_index": s,
+                "first_word_index": r["first_word"][i],
+                "phrase_types": r["types"][i],
+                "n_boxes": int(self.box_off[i + 1] - self.box_off[i]),
+            },
         )
 
 
-def open_flickr30k(root: Path, split: str, *, name: str = "flickr30k", boxes: str = "merged",
-                   image_dir: str | Path | None = None) -> Flickr30kDataset:
+def open_flickr30k(
+    root: Path,
+    split: str,
+    *,
+    name: str = "flickr30k",
+    boxes: str = "merged",
+    image_dir: str | Path | None = None,
+    protocol: DatasetProtocol | None = None,
+    strict: bool = True,
+) -> Flickr30kDataset:
     if boxes not in ("merged", "separate"):
         raise DataError(f"unknown Flickr30k box protocol {boxes!r}; expected 'merged' or 'separate'")
     for sub in ("Annotations", "Sentences"):
@@ -140,21 +191,36 @@ def open_flickr30k(root: Path, split: str, *, name: str = "flickr30k", boxes: st
         raise DataError(f"{root}: no train.txt/val.txt/test.txt split lists (Flickr30k Entities layout)")
     check_split(split, available, root)
     splits = available if split == ALL_SPLITS else [split]
-    rows: dict[str, list[Any]] = {k: [] for k in ("image", "sentence", "phrase_index", "text", "family", "chain",
-                                                  "types", "first_word")}
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("image", "sentence", "phrase_index", "text", "family", "chain", "types", "first_word")
+    }
     images: list[tuple[str, str, tuple[int, int], list[str]]] = []
     offs = [0]
     flat: list[list[float]] = []
     skipped = {"no_box": 0, "scene": 0, "not_visual": 0}
+    bad = Collector(strict)
     for s in splits:
         ids = [x.strip() for x in (root / f"{s}.txt").read_text().split() if x.strip()]
         for image_id in ids:
-            chain_boxes, nobox, scene, hw, _ = parse_annotation(root / "Annotations" / f"{image_id}.xml")
             spath = root / "Sentences" / f"{image_id}.txt"
             try:
+                chain_boxes, nobox, scene, hw, _ = parse_annotation(root / "Annotations" / f"{image_id}.xml")
                 lines = [ln for ln in spath.read_text(encoding="utf-8").splitlines() if ln.strip()]
             except FileNotFoundError:
-                raise DataError(f"{spath}: sentence file not found (image {image_id} is in {s}.txt)") from None
+                bad(
+                    f"image {image_id}",
+                    DataError(f"{spath}: sentence file not found (image {image_id} is in {s}.txt)"),
+                )
+                continue
+            except UnicodeDecodeError as e:
+                bad(
+                    f"image {image_id}",
+                    DataError(f"{spath}: not UTF-8 text ({e.reason}); expected sentence lines"),
+                )
+                continue
+            except DataError as e:
+                bad(f"image {image_id}", e)
+                continue
             sentences = []
             row = len(images)
             for si, line in enumerate(lines):
@@ -181,18 +247,46 @@ def open_flickr30k(root: Path, split: str, *, name: str = "flickr30k", boxes: st
             images.append((image_id, s, hw, sentences))
     candidates = [root / d for d in _IMAGE_DIRS]
     chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (f"{im[0]}.jpg" for im in images))
-    return Flickr30kDataset(root=root, name=name, split=split, merged=boxes == "merged", rows=rows, images=images,
-                            box_off=np.asarray(offs, np.int64), box_flat=np.asarray(flat, np.float32).reshape(-1, 4),
-                            image_dir=chosen, candidates=candidates, files=[root / f"{s}.txt" for s in splits],
-                            skipped=skipped)
+    merged = boxes == "merged"
+    if protocol is None or protocol.box_match != ("merged" if merged else "any"):
+        protocol = FLICKR_MERGED if merged else FLICKR_SEPARATE  # `boxes` decides how phrases are scored
+    ds = Flickr30kDataset(
+        root=root,
+        name=name,
+        split=split,
+        merged=merged,
+        rows=rows,
+        images=images,
+        box_off=np.asarray(offs, np.int64),
+        box_flat=np.asarray(flat, np.float32).reshape(-1, 4),
+        image_dir=chosen,
+        candidates=candidates,
+        files=[root / f"{s}.txt" for s in splits],
+        skipped=skipped,
+        protocol=protocol,
+    )
+    ds.index_problems.extend(bad.problems)
+    return ds
 
 
 def _detect(root: Path) -> bool:
     return (root / "Annotations").is_dir() and (root / "Sentences").is_dir()
 
 
-register_dataset("flickr30k", layout="flickr30k", opener=open_flickr30k, detect=_detect,
-                 description="Flickr30k Entities phrases, merged protocol (one union box per phrase)")
-register_dataset("flickr30k-separate", layout="flickr30k", opener=open_flickr30k, detect=_detect,
-                 description="Flickr30k Entities phrases, separate protocol (any of the phrase's boxes)",
-                 boxes="separate")
+register_dataset(
+    "flickr30k",
+    layout="flickr30k",
+    opener=open_flickr30k,
+    detect=_detect,
+    description="Flickr30k Entities phrases, merged protocol (one union box per phrase)",
+    protocol=FLICKR_MERGED,
+)
+register_dataset(
+    "flickr30k-separate",
+    layout="flickr30k",
+    opener=open_flickr30k,
+    detect=_detect,
+    description="Flickr30k Entities phrases, separate protocol (any of the phrase's boxes)",
+    protocol=FLICKR_SEPARATE,
+    boxes="separate",
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from langground.data.base import DatasetProtocol, register_dataset
+from langground.data.base import Collector, DatasetProtocol, register_dataset
 from langground.data.coco import CocoInstances, read_json
 from langground.data.protocols import GREFCOCO
 from langground.data.refs import (
@@ -26,8 +26,8 @@ from langground.data.refs import (
 from langground.errors import DataError
 
 
-def read_grefs_json(path: Path, split: str) -> RefsBuilder:
-    builder = RefsBuilder(path, split)
+def read_grefs_json(path: Path, split: str, bad: Collector | None = None) -> RefsBuilder:
+    builder = RefsBuilder(path, split, bad)
     count = [0]
 
     def hook(d: dict[str, Any]) -> Any:
@@ -36,16 +36,24 @@ def read_grefs_json(path: Path, split: str) -> RefsBuilder:
             count[0] += 1
             return None
         if "sent_id" in d:
-            return compact_sentence(d, str(path))
+            try:
+                return compact_sentence(d, str(path))
+            except DataError:
+                return d  # compacted again by its ref, whose error then names the ref
         return d
 
     top = read_json(path, hook)
     if not isinstance(top, list):
         raise DataError(f"{path}: top level is a {type(top).__name__}, expected a list of gRefCOCO refs")
-    if any(x is not None for x in top):
-        bad = next(i for i, x in enumerate(top) if x is not None)
-        builder.add(top[bad], bad, multi=True)  # names the missing key when it is a dict
-        raise DataError(f"{path}: entry {bad} is not a ref dict with ref_id/ann_id/sentences")
+    # Entries the hook did not take are not refs (a missing key): each is reported with its id.
+    for i, x in enumerate(top):
+        if x is not None:
+            n = len(builder.bad.problems)
+            builder.add(x, i, multi=True)  # names the missing key when it is a dict
+            if len(builder.bad.problems) == n:
+                builder.bad(
+                    f"#{i}", DataError(f"{path}: entry {i} is not a ref dict with ref_id/ann_id/sentences")
+                )
     return builder
 
 
@@ -72,9 +80,10 @@ def open_grefcoco(
     inst_path = ds_dir / "instances.json"
     if not inst_path.is_file():
         raise DataError(f"{inst_path}: instances file not found (expected next to {refs_name})")
-    builder = read_grefs_json(refs_path, split)
+    bad = Collector(strict)
+    builder = read_grefs_json(refs_path, split, bad)
     keep_anns, keep_images = needed_ids(builder)
-    instances = CocoInstances.load(inst_path, keep_anns, keep_images)
+    instances = CocoInstances.load(inst_path, keep_anns, keep_images, bad)
     candidates = [data_root / images_subdir] if images_subdir is not None else image_candidates(data_root)
     return RefsDataset(
         builder=builder,
@@ -97,4 +106,5 @@ register_dataset(
     opener=open_grefcoco,
     detect=lambda root: (root / "grefcoco" / "grefs(unc).json").is_file(),
     description="gRefCOCO: multi-target and no-target expressions, UNC splits (ReLA layout)",
+    protocol=GREFCOCO,
 )

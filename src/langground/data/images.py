@@ -33,6 +33,11 @@ def pick_image_dir(candidates: Sequence[Path], probe: Iterable[str], max_probe: 
 _SIZES: dict[str, tuple[int, int]] = {}
 
 
+def _one_line(e: BaseException) -> str:
+    # PIL puts the file name into some messages; ours already starts with it.
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _header_size(path: str) -> tuple[int, int] | str:
     # Successful reads are cached (an index asks once per record); failures are not, so a file
     # that appears later is found.
@@ -44,7 +49,7 @@ def _header_size(path: str) -> tuple[int, int] | str:
     except FileNotFoundError:
         return "image not found"
     except (UnidentifiedImageError, OSError) as e:
-        return f"cannot read image header: {e}; expected a JPEG/PNG image"
+        return f"cannot read image header: {_one_line(e)}; expected a JPEG/PNG image"
     if len(_SIZES) > 200_000:
         _SIZES.clear()
     _SIZES[path] = (int(h), int(w))
@@ -69,7 +74,9 @@ def load_image(path: str | Path, record: str = "") -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: image not found{where}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: image fails to decode{where}: {e}") from None
+        raise DataError(
+            f"{path}: image fails to decode{where}: {_one_line(e)}; expected a JPEG/PNG image"
+        ) from None
 
 
 def verify_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> str | None:
@@ -83,7 +90,7 @@ def verify_image(path: str | Path, expected_size: tuple[int, int] | None = None)
     except FileNotFoundError:
         return "image not found"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"image fails to decode: {e}"
+        return f"image fails to decode: {_one_line(e)}; expected a JPEG/PNG image"
     if expected_size and expected_size != (0, 0) and tuple(expected_size) != (h, w):
         return f"image is {h}x{w} (HxW) but the annotations say {expected_size[0]}x{expected_size[1]}"
     return None

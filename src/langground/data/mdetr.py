@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, Problem, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    Problem,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.coco import compact_segmentation, read_json
 from langground.data.images import image_size, pick_image_dir
 from langground.data.protocols import REFCOCO, REFCOCO_PLUS, REFCOCOG_UMD
@@ -42,11 +50,30 @@ def _ann_files(root: Path, dataset: str) -> dict[str, Path]:
 class MdetrDataset(RecordDataset):
     layout = "mdetr"
 
-    def __init__(self, *, root: Path, name: str, split: str, dataset: str, files: list[Path],
-                 entries: list[tuple[Any, ...]], anns: dict[tuple[str, int], list[tuple[Any, ...]]],
-                 image_dir: Path, candidates: list[Path], problems: list[Problem]) -> None:
-        super().__init__(root=root, name=name, split=split, protocol=_PROTOCOLS[dataset],
-                         image_dirs=candidates, task="rec", files=files)
+    def __init__(
+        self,
+        *,
+        root: Path,
+        name: str,
+        split: str,
+        dataset: str,
+        files: list[Path],
+        entries: list[tuple[Any, ...]],
+        anns: dict[tuple[str, int], list[tuple[Any, ...]]],
+        image_dir: Path,
+        candidates: list[Path],
+        problems: list[Problem],
+        protocol: DatasetProtocol,
+    ) -> None:
+        super().__init__(
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=candidates,
+            task="rec",
+            files=files,
+        )
         self.entries = entries  # (split, entry id, coco image id, file name, h, w, caption, extra meta)
         self.anns = anns  # (split, entry id) -> [(ann id, bbox xywh, tokens_positive, segmentation)]
         self.image_dir = image_dir
@@ -75,9 +102,19 @@ class MdetrDataset(RecordDataset):
         meta = dict(extra)
         meta["tokens_positive"] = [a[2] for a in anns]
         return GroundingRecord(
-            sample_id=str(eid), image_id=image_id, image_path=str(path), image_size=(h, w), text=caption,
-            boxes=boxes, no_target=not anns, dataset=self.name, split=split, raw_text=caption,
-            ann_ids=tuple(a[0] for a in anns), mask_loader=loader, meta=meta,
+            sample_id=str(eid),
+            image_id=image_id,
+            image_path=str(path),
+            image_size=(h, w),
+            text=caption,
+            boxes=boxes,
+            no_target=not anns,
+            dataset=self.name,
+            split=split,
+            raw_text=caption,
+            ann_ids=tuple(a[0] for a in anns),
+            mask_loader=loader,
+            meta=meta,
         )
 
     def _mask(self, eid: int, path: str, segs: tuple[Any, ...]) -> np.ndarray:
@@ -88,56 +125,143 @@ class MdetrDataset(RecordDataset):
             raise DataError(f"{self.files[0]}: entry {eid}: bad segmentation: {e}") from None
 
 
-def _read(path: Path, split: str, entries: list[Any], anns: dict[Any, list[Any]], problems: list[Problem]) -> None:
+def _read(
+    path: Path,
+    split: str,
+    entries: list[Any],
+    anns: dict[Any, list[Any]],
+    problems: list[Problem],
+    bad: Collector,
+) -> None:
+    """Parse one finetune json: image entries (one per expression) and their annotations."""
+
     def hook(d: dict[str, Any]) -> Any:
         if "bbox" in d and "image_id" in d:
             aid = d.get("original_id", d.get("id"))
-            seg = compact_segmentation(d["segmentation"]) if d.get("segmentation") else None
-            bbox = d["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4):
-                raise DataError(f"{path}: annotation {aid}: bbox {bbox!r} is not [x, y, w, h]")
-            anns.setdefault((split, int(d["image_id"])), []).append(
-                (aid, bbox, d.get("tokens_positive", []), seg))
+            try:
+                bbox = d["bbox"]
+                if not (
+                    isinstance(bbox, list)
+                    and len(bbox) == 4
+                    and all(isinstance(v, (int, float)) for v in bbox)
+                ):
+                    raise DataError(f"{path}: annotation {aid}: bbox {bbox!r} is not [x, y, w, h] numbers")
+                seg = compact_segmentation(d["segmentation"]) if d.get("segmentation") else None
+                anns.setdefault((split, int(d["image_id"])), []).append(
+                    (aid, bbox, d.get("tokens_positive", []), seg)
+                )
+            except DataError as e:
+                bad(f"ann {aid}", e)
             return None
-        if "file_name" in d and "id" in d:
-            if "caption" not in d:
-                raise DataError(f"{path}: image entry {d['id']}: missing key 'caption' (MDETR refexp layout)")
-            extra = {k: d[k] for k in ("tokens_negative", "dataset_name", "sentence_id", "tokens_positive_eval")
-                     if k in d}
-            image_id = d.get("original_id", d.get("original_img_id", d["id"]))
-            entries.append((split, int(d["id"]), image_id, d["file_name"], int(d.get("height") or 0),
-                            int(d.get("width") or 0), d["caption"], extra))
+        if "caption" in d or ("file_name" in d and "id" in d):
+            eid = d.get("id")
+            try:
+                for key in ("id", "file_name", "caption"):
+                    if key not in d:
+                        raise DataError(
+                            f"{path}: image entry {eid}: missing key {key!r} (MDETR refexp layout)"
+                        )
+                extra = {
+                    k: d[k]
+                    for k in ("tokens_negative", "dataset_name", "sentence_id", "tokens_positive_eval")
+                    if k in d
+                }
+                image_id = d.get("original_id", d.get("original_img_id", d["id"]))
+                entries.append(
+                    (
+                        split,
+                        int(d["id"]),
+                        image_id,
+                        d["file_name"],
+                        int(d.get("height") or 0),
+                        int(d.get("width") or 0),
+                        d["caption"],
+                        extra,
+                    )
+                )
+            except (TypeError, ValueError) as e:
+                if not isinstance(e, DataError):
+                    e = DataError(f"{path}: image entry {eid}: {e} (expected integer id/height/width)")
+                bad(f"entry {eid}", e)
             return None
         return d
 
     n0 = len(entries)
     top = read_json(path, hook)
-    if not isinstance(top, dict) or "images" not in top or "annotations" not in top:
+    if (
+        not isinstance(top, dict)
+        or not isinstance(top.get("images"), list)
+        or not isinstance(top.get("annotations"), list)
+    ):
         raise DataError(f"{path}: missing key 'images'/'annotations' (expected an MDETR finetune json)")
+    for x in top["images"]:
+        if x is not None:
+            eid = x.get("id") if isinstance(x, dict) else None
+            bad(f"entry {eid}", DataError(f"{path}: image entry {eid}: missing keys 'file_name'/'caption'"))
+    for x in top["annotations"]:
+        if x is not None:
+            aid = x.get("id") if isinstance(x, dict) else None
+            missing = "bbox" if isinstance(x, dict) and "bbox" not in x else "image_id"
+            bad(
+                f"ann {aid}",
+                DataError(f"{path}: annotation {aid}: missing key {missing!r} (expected bbox xywh)"),
+            )
     ids = [e[1] for e in entries[n0:]]
-    if len(set(ids)) != len(ids):
+    known = set(ids)
+    if len(known) != len(ids):
         seen: set[int] = set()
         for x in ids:
             if x in seen:
                 problems.append(Problem("duplicate id", f"entry {x}", f"{path.name}: image entry id repeats"))
             seen.add(x)
+    for _, eid in [k for k in anns if k[0] == split and k[1] not in known]:
+        problems.append(
+            Problem(
+                "dangling reference",
+                f"entry {eid}",
+                f"{path.name}: annotations of image_id {eid}, no such entry",
+            )
+        )
 
 
-def open_mdetr(root: Path, split: str, *, name: str, dataset: str, image_dir: str | Path | None = None) -> MdetrDataset:
+def open_mdetr(
+    root: Path,
+    split: str,
+    *,
+    name: str,
+    dataset: str,
+    image_dir: str | Path | None = None,
+    protocol: DatasetProtocol | None = None,
+    strict: bool = True,
+) -> MdetrDataset:
     files = _ann_files(root, dataset)
     if not files:
-        raise DataError(f"{root}: no finetune_{dataset}_<split>.json (looked in {', '.join(_ANN_DIRS[1:])} too)")
+        raise DataError(
+            f"{root}: no finetune_{dataset}_<split>.json (looked in {', '.join(_ANN_DIRS[1:])} too)"
+        )
     check_split(split, sorted(files), files[next(iter(files))].parent)
     splits = sorted(files) if split == ALL_SPLITS else [split]
     entries: list[Any] = []
     anns: dict[Any, list[Any]] = {}
     problems: list[Problem] = []
+    bad = Collector(strict, problems)
     for s in splits:
-        _read(files[s], s, entries, anns, problems)
+        _read(files[s], s, entries, anns, problems, bad)
     candidates = [root / d for d in _IMAGE_DIRS]
     chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (e[3] for e in entries))
-    return MdetrDataset(root=root, name=name, split=split, dataset=dataset, files=[files[s] for s in splits],
-                        entries=entries, anns=anns, image_dir=chosen, candidates=candidates, problems=problems)
+    return MdetrDataset(
+        root=root,
+        name=name,
+        split=split,
+        dataset=dataset,
+        files=[files[s] for s in splits],
+        entries=entries,
+        anns=anns,
+        image_dir=chosen,
+        candidates=candidates,
+        problems=problems,
+        protocol=protocol or _PROTOCOLS[dataset],
+    )
 
 
 for _ds in ("refcoco", "refcoco+", "refcocog"):
@@ -147,5 +271,6 @@ for _ds in ("refcoco", "refcoco+", "refcocog"):
         opener=open_mdetr,
         detect=lambda root, _ds=_ds: bool(_ann_files(root, _ds)),
         description=f"MDETR finetune_{_ds}_<split>.json (one COCO image entry per expression)",
+        protocol=_PROTOCOLS[_ds],
         dataset=_ds,
     )

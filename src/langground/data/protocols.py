@@ -1,30 +1,35 @@
-"""Evaluation protocols of the benchmarks the papers report (../shared/papers/), one per dataset.
+"""Evaluation protocols of the benchmarks the papers report (../shared/papers/), one per dataset name.
 
-Metric names (what ``langground.engine.metrics`` computes):
-- ``prec@0.5``: REC accuracy, box IoU >= 0.5 in original pixels (LaConvNet Sec. 5.1 "IoU@0.5").
-- ``miou`` (mean per-expression mask IoU), ``oiou`` (overall IoU = sum I / sum U; DMN's "mIoU" is this
-  cumulative form), ``pr@0.5`` ... ``pr@0.9`` (share of expressions with mask IoU above X, DMN Sec. 4.2).
-- gRefCOCO (ReLA): ``ciou``, ``giou``, ``n_acc``, ``t_acc``; box task ``gref_prec`` (score >= 0.7,
-  one-to-one matching at IoU >= 0.5, correct only when F1 = 1).
-- VQA: ``accuracy`` overall and ``accuracy_per_family`` (CLEVR question types).
+Metric names are the keys ``langground.engine.metrics.Evaluator`` computes, so ``langground eval`` can
+print each benchmark's numbers in the order its papers print them:
+- ``rec/prec@0.5``: REC accuracy, box IoU >= 0.5 in original pixels (LaConvNet Sec. 5.1 "IoU@0.5").
+- ``res/oiou`` (overall IoU = sum I / sum U: LaConvNet's and DMN's "mIoU", DMN Sec. 4.2), ``res/miou``
+  (mean per-expression IoU), ``res/pr@0.5`` ... ``res/pr@0.9`` (share of expressions above X, DMN).
+- gRefCOCO (ReLA): ``gres/ciou``, ``gres/giou``, ``gres/n_acc``, ``gres/t_acc``; the box task
+  ``grec/prec@f1`` (score >= 0.7, one-to-one matching at IoU >= 0.5, correct only when F1 = 1).
+- VQA: ``vqa/acc`` overall, and per CLEVR question type (``vqa/acc/family/<type>``).
 Input sizes follow LaConvNet Sec. 5.2: 416 for REC, 320 for RES, 224 for VQA; gRefCOCO follows ReLA (480).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from langground.data.base import DatasetProtocol
 
-REC = ("prec@0.5",)
-RES = ("miou", "oiou", "pr@0.5", "pr@0.6", "pr@0.7", "pr@0.8", "pr@0.9")
-GRES = ("ciou", "giou", "n_acc", "t_acc")
-GREC = ("gref_prec", "n_acc")
-VQA = ("accuracy", "accuracy_per_family")
+REC = ("rec/prec@0.5",)
+RES = ("res/oiou", "res/miou", "res/pr@0.5", "res/pr@0.6", "res/pr@0.7", "res/pr@0.8", "res/pr@0.9")
+GRES = ("gres/ciou", "gres/giou", "gres/n_acc", "gres/t_acc")
+GREC = ("grec/prec@f1", "grec/n_acc", "grec/t_acc")
+VQA = ("vqa/acc",)
 SIZES = {"rec": 416, "res": 320, "vqa": 224}
 
 UNC_SPLITS = ("train", "val", "testA", "testB")
 
 
-def _refcoco(benchmark: str, splits: tuple[str, ...], eval_splits: tuple[str, ...], notes: str = "") -> DatasetProtocol:
+def _refcoco(
+    benchmark: str, splits: tuple[str, ...], eval_splits: tuple[str, ...], notes: str = ""
+) -> DatasetProtocol:
     return DatasetProtocol(
         benchmark=benchmark,
         tasks=("rec", "res"),
@@ -42,8 +47,10 @@ REFCOCOG_UMD = _refcoco("RefCOCOg (UMD)", ("train", "val", "test"), ("val", "tes
 REFCOCOG_GOOGLE = _refcoco(
     "RefCOCOg (Google)", ("train", "val"), ("val",), "Google split: val only, overlaps train images"
 )
-REFCLEF_UNC = _refcoco("RefCLEF / ReferIt (UNC)", ("train", "val", "testA", "testB", "testC"), ("testA", "testB"))
-REFCLEF_BERKELEY = _refcoco("ReferIt (Berkeley)", ("train", "val", "test"), ("test",))
+REFCLEF_UNC = _refcoco(
+    "RefCLEF / ReferIt (UNC)", ("train", "val", "testA", "testB", "testC"), ("testA", "testB")
+)
+REFCLEF_BERKELEY = _refcoco("ReferItGame (RefCLEF, Berkeley splits)", ("train", "val", "test"), ("test",))
 REFERIT = DatasetProtocol(
     benchmark="ReferItGame",
     tasks=("rec",),
@@ -51,6 +58,7 @@ REFERIT = DatasetProtocol(
     input_size={"rec": SIZES["rec"]},
     splits=("train", "val", "test"),
     eval_splits=("test",),
+    notes="LaConvNet Tab. 3 reports test",
 )
 GREFCOCO = DatasetProtocol(
     benchmark="gRefCOCO",
@@ -60,7 +68,7 @@ GREFCOCO = DatasetProtocol(
     splits=UNC_SPLITS,
     eval_splits=("val", "testA", "testB"),
     box_match="all",
-    notes="ReLA: a predicted mask with < 50 positive pixels counts as no-target",
+    notes="ReLA: a predicted mask with < 50 positive pixels counts as no-target (LaConvNet Tab. 6: val)",
 )
 FLICKR_MERGED = DatasetProtocol(
     benchmark="Flickr30k Entities",
@@ -72,20 +80,16 @@ FLICKR_MERGED = DatasetProtocol(
     box_match="merged",
     notes="merged protocol: all boxes of a phrase merged into one union box (LaConvNet Sec. 5.1)",
 )
-FLICKR_SEPARATE = DatasetProtocol(
+FLICKR_SEPARATE = dataclasses.replace(
+    FLICKR_MERGED,
     benchmark="Flickr30k Entities (any-box)",
-    tasks=("rec",),
-    metrics={"rec": REC},
-    input_size={"rec": SIZES["rec"]},
-    splits=("train", "val", "test"),
-    eval_splits=("val", "test"),
     box_match="any",
     notes="separate protocol: a prediction is correct when it hits any ground-truth box of the phrase",
 )
 CLEVR_REF = DatasetProtocol(
     benchmark="CLEVR-Ref+",
     tasks=("res", "rec"),
-    metrics={"res": ("oiou",), "rec": REC},
+    metrics={"res": ("res/oiou",), "rec": REC},
     input_size={"res": SIZES["res"], "rec": SIZES["rec"]},
     splits=("train", "val", "test"),
     eval_splits=("val",),
@@ -99,17 +103,23 @@ CLEVR = DatasetProtocol(
     input_size={"vqa": SIZES["vqa"]},
     splits=("train", "val", "test"),
     eval_splits=("val",),
-    notes="test answers are not public; families are CLEVR question types",
+    notes="accuracy overall and per question type (LaConvNet Tab. 7); test answers are not public",
 )
 SYNTH = DatasetProtocol(
     benchmark="langground synthetic world",
     tasks=("rec", "res", "gref", "gres", "vqa"),
     metrics={"rec": REC, "res": RES, "gref": GREC, "gres": GRES, "vqa": VQA},
     input_size={"rec": 320, "res": 320, "gref": 320, "gres": 320, "vqa": 320},
-    splits=("train", "val", "testA", "testB"),
-    eval_splits=("val", "testA", "testB"),
+    splits=("train", "val", "testA", "testB", "cogentB"),
+    eval_splits=("val", "testA", "testB", "cogentB"),
     box_match="all",
-    notes="also reported per expression/question family",
+    notes="also reported per expression/question family; cogentB: unseen attribute combinations (CoGenT)",
 )
 
 TRANSVG_NOTE = "TransVG/ReSC index; their loader casts boxes to int before evaluation"
+
+
+def with_note(protocol: DatasetProtocol, note: str) -> DatasetProtocol:
+    """``protocol`` with ``note`` appended to its notes (same benchmark, read through another layout)."""
+    notes = f"{protocol.notes}; {note}" if protocol.notes else note
+    return dataclasses.replace(protocol, notes=notes)

@@ -8,12 +8,11 @@ instances.json ``file_name`` under ``<root>/images/train2014``, ``<root>/images/
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Any
 
-from langground.data.base import DatasetProtocol, register_dataset
+from langground.data.base import Collector, DatasetProtocol, register_dataset
 from langground.data.coco import CocoInstances
 from langground.data.protocols import (
     REFCLEF_BERKELEY,
@@ -53,29 +52,36 @@ class _RefsUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: Path) -> tuple[Any, bool]:
-    """Load a (possibly Python-2) pickle; returns ``(object, decoded_as_latin1)``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    try:
-        return _RefsUnpickler(io.BytesIO(data)).load(), False
-    except UnicodeDecodeError:
-        # Python-2 `str` objects are bytes: ASCII fails on the first non-ASCII byte.
-        pass
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path}: not a refs pickle ({e}); expected a pickled list of ref dicts") from None
-    try:
-        return _RefsUnpickler(io.BytesIO(data), encoding="latin1").load(), True
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise DataError(f"{path}: not a refs pickle ({e}); expected a pickled list of ref dicts") from None
+    """Load a (possibly Python-2) pickle; returns ``(object, decoded_as_latin1)``.
+
+    Read from the file (not from its bytes in memory): a RefCOCO pickle's objects are the peak of
+    opening the index, its bytes need not sit beside them.
+    """
+    for encoding in ("ASCII", "latin1"):
+        try:
+            with path.open("rb") as f:
+                return _RefsUnpickler(f, encoding=encoding).load(), encoding == "latin1"
+        except FileNotFoundError:
+            raise DataError(f"{path}: file not found") from None
+        except IsADirectoryError:
+            raise DataError(f"{path}: is a directory, expected a refs pickle") from None
+        except UnicodeDecodeError:
+            # Python-2 `str` objects are bytes: ASCII fails on the first non-ASCII byte.
+            continue
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise DataError(
+                f"{path}: not a refs pickle ({e}); expected a pickled list of ref dicts"
+            ) from None
+    raise AssertionError("unreachable: latin1 decodes every byte string")
 
 
-def read_refs_pickle(path: Path, split: str, *, multi: bool = False) -> tuple[RefsBuilder, bool]:
+def read_refs_pickle(
+    path: Path, split: str, *, multi: bool = False, bad: Collector | None = None
+) -> tuple[RefsBuilder, bool]:
     refs, latin1 = load_pickle(path)
     if not isinstance(refs, list):
         raise DataError(f"{path}: pickle holds a {type(refs).__name__}, expected a list of ref dicts")
-    builder = RefsBuilder(path, split)
+    builder = RefsBuilder(path, split, bad)
     for i, ref in enumerate(refs):
         builder.add(ref, i, multi)
     return builder, latin1
@@ -104,9 +110,10 @@ def open_refer(
     inst_path = ds_dir / "instances.json"
     if not inst_path.is_file():
         raise DataError(f"{inst_path}: instances file not found (expected next to {refs_name})")
-    builder, latin1 = read_refs_pickle(refs_path, split)
+    bad = Collector(strict)
+    builder, latin1 = read_refs_pickle(refs_path, split, bad=bad)
     keep_anns, keep_images = needed_ids(builder)
-    instances = CocoInstances.load(inst_path, keep_anns, keep_images)
+    instances = CocoInstances.load(inst_path, keep_anns, keep_images, bad)
     if images_subdir is not None:
         candidates = [data_root / images_subdir]
     else:
@@ -119,23 +126,12 @@ def open_refer(
         root=data_root,
         name=name,
         split=split,
-        protocol=protocol or _PROTOCOLS.get((dataset, split_by), REFCOCO),
+        protocol=protocol or REFCOCO,
         task=task,
         layout="refer",
         strict=strict,
         text_fix=fix_py2_text if latin1 else None,
     )
-
-
-_PROTOCOLS = {
-    ("refcoco", "unc"): REFCOCO,
-    ("refcoco", "google"): REFCOCO,
-    ("refcoco+", "unc"): REFCOCO_PLUS,
-    ("refcocog", "umd"): REFCOCOG_UMD,
-    ("refcocog", "google"): REFCOCOG_GOOGLE,
-    ("refclef", "unc"): REFCLEF_UNC,
-    ("refclef", "berkeley"): REFCLEF_BERKELEY,
-}
 
 
 def _detector(dataset: str, split_by: str):  # noqa: ANN202 - small closure factory
@@ -145,13 +141,31 @@ def _detector(dataset: str, split_by: str):  # noqa: ANN202 - small closure fact
     return detect
 
 
-for _name, _ds, _by, _desc in (
-    ("refcoco", "refcoco", "unc", "RefCOCO, UNC splits train/val/testA/testB (refer toolkit)"),
-    ("refcoco+", "refcoco+", "unc", "RefCOCO+, UNC splits train/val/testA/testB (refer toolkit)"),
-    ("refcocog", "refcocog", "umd", "RefCOCOg, UMD splits train/val/test (refer toolkit)"),
-    ("refcocog-google", "refcocog", "google", "RefCOCOg, Google splits train/val (refer toolkit)"),
-    ("refclef", "refclef", "unc", "RefCLEF / ReferIt, UNC splits (refer toolkit)"),
-    ("refclef-berkeley", "refclef", "berkeley", "RefCLEF / ReferIt, Berkeley splits (refer toolkit)"),
+for _name, _ds, _by, _protocol, _desc in (
+    ("refcoco", "refcoco", "unc", REFCOCO, "RefCOCO, UNC splits train/val/testA/testB (refer toolkit)"),
+    (
+        "refcoco+",
+        "refcoco+",
+        "unc",
+        REFCOCO_PLUS,
+        "RefCOCO+, UNC splits train/val/testA/testB (refer toolkit)",
+    ),
+    ("refcocog", "refcocog", "umd", REFCOCOG_UMD, "RefCOCOg, UMD splits train/val/test (refer toolkit)"),
+    (
+        "refcocog-google",
+        "refcocog",
+        "google",
+        REFCOCOG_GOOGLE,
+        "RefCOCOg, Google splits train/val (refer toolkit)",
+    ),
+    ("refclef", "refclef", "unc", REFCLEF_UNC, "RefCLEF / ReferIt, UNC splits (refer toolkit)"),
+    (
+        "refclef-berkeley",
+        "refclef",
+        "berkeley",
+        REFCLEF_BERKELEY,
+        "RefCLEF / ReferIt, Berkeley splits (refer toolkit)",
+    ),
 ):
     register_dataset(
         _name,
@@ -159,6 +173,7 @@ for _name, _ds, _by, _desc in (
         opener=open_refer,
         detect=_detector(_ds, _by),
         description=_desc,
+        protocol=_protocol,
         dataset=_ds,
         split_by=_by,
     )

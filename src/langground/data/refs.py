@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, DatasetProtocol, Problem, RecordDataset, check_split
+from langground.data.base import ALL_SPLITS, Collector, DatasetProtocol, Problem, RecordDataset, check_split
 from langground.data.coco import CocoInstances
 from langground.data.images import image_size, pick_image_dir
 from langground.errors import DataError
@@ -24,7 +24,17 @@ from langground.types import GroundingRecord
 # Keys of a refer sentence dict that records already carry; anything else goes to family/program/meta.
 _SENTENCE_KEYS = frozenset({"sent_id", "sent", "raw", "tokens"})
 _REF_KEYS = frozenset(
-    {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name", "no_target"}
+    {
+        "ref_id",
+        "ann_id",
+        "image_id",
+        "split",
+        "sentences",
+        "sent_ids",
+        "category_id",
+        "file_name",
+        "no_target",
+    }
 )
 
 
@@ -59,9 +69,11 @@ def as_id_list(value: Any, what: str, where: str) -> list[int]:
 class RefsBuilder:
     """Accumulates refs (already filtered by split) into compact columns."""
 
-    def __init__(self, path: Path, splits: str | None) -> None:
+    def __init__(self, path: Path, splits: str | None, bad: Collector | None = None) -> None:
         self.path = path
         self.want_split = splits
+        # Malformed refs: raised at once (strict) or skipped and kept for `data check`.
+        self.bad = bad or Collector(strict=True)
         self.all_splits: set[str] = set()
         self.ref_ids: list[int] = []
         self.ref_image: list[int] = []
@@ -81,6 +93,13 @@ class RefsBuilder:
 
     def add(self, ref: Any, index: int, multi: bool) -> None:
         """Add one ref dict; ``multi``: gRefCOCO semantics (list ann ids, ``[-1]`` = no target)."""
+        try:
+            self._add(ref, index, multi)
+        except DataError as e:
+            rid = ref.get("ref_id", f"#{index}") if isinstance(ref, dict) else f"#{index}"
+            self.bad(f"ref {rid}", e)
+
+    def _add(self, ref: Any, index: int, multi: bool) -> None:
         if not isinstance(ref, dict):
             raise DataError(
                 f"{self.path}: entry {index} is a {type(ref).__name__}, expected a ref dict "
@@ -108,11 +127,20 @@ class RefsBuilder:
         no_target = bool(ref.get("no_target", False)) or (multi and ann_ids in ([-1], []))
         ann_ids = [] if no_target else [a for a in ann_ids if a != -1]
         if not no_target and not ann_ids:
-            raise DataError(f"{where}: no annotation ids and no 'no_target' flag; expected ann_id or no_target")
+            raise DataError(
+                f"{where}: no annotation ids and no 'no_target' flag; expected ann_id or no_target"
+            )
         cats = [c for c in as_id_list(ref.get("category_id"), "category_id", where) if c != -1]
+        compact = [s if isinstance(s, tuple) else compact_sentence(s, where) for s in sentences]
+        try:
+            rid, image_id = int(rid), int(ref["image_id"])
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{where}: ref_id/image_id {rid!r}/{ref['image_id']!r} are not integers"
+            ) from None
         r = len(self.ref_ids)
-        self.ref_ids.append(int(rid))
-        self.ref_image.append(int(ref["image_id"]))
+        self.ref_ids.append(rid)
+        self.ref_image.append(image_id)
         self.ref_split.append(split)
         self.ref_no_target.append(no_target)
         self.ann_flat.extend(ann_ids)
@@ -121,8 +149,7 @@ class RefsBuilder:
         self.ref_cat_off.append(len(self.cat_flat))
         extra = {k: v for k, v in ref.items() if k not in _REF_KEYS}
         self.ref_extra.append(extra or None)
-        for s in sentences:
-            sid, sent, raw, extras = s if isinstance(s, tuple) else compact_sentence(s, where)
+        for sid, sent, raw, extras in compact:
             self.sent_ids.append(sid)
             self.sent_ref.append(r)
             self.texts.append(sent)
@@ -180,6 +207,7 @@ class RefsDataset(RecordDataset):
         self.raws = [None if r is None else fix(r) for r in b.raws] if text_fix else b.raws
         self.extras = b.extras if any(e is not None for e in b.extras) else None
         self.skipped_empty = b.skipped_empty
+        self.bad_entries = b.bad.problems
         self.image_dir = image_dir or pick_image_dir(
             self.image_dirs, (self._file_name(int(i)) for i in dict.fromkeys(self.ref_image.tolist()))
         )
@@ -188,14 +216,19 @@ class RefsDataset(RecordDataset):
     # -- construction-time checks -----------------------------------------------------------------
     def _index_checks(self, strict: bool) -> None:
         probs = self.index_problems
+        probs.extend(self.bad_entries)
         probs.extend(self.coco.problems)
         for what, ids in (("sent_id", self.sent_ids), ("ref_id", self.ref_ids)):
             uniq, counts = np.unique(ids, return_counts=True)
             for dup in uniq[counts > 1][:50].tolist():
-                probs.append(Problem("duplicate id", f"{what} {dup}", f"{self.files[0].name}: {what} repeats"))
+                probs.append(
+                    Problem("duplicate id", f"{what} {dup}", f"{self.files[0].name}: {what} repeats")
+                )
         missing = sorted({int(a) for a in self.ann_flat.tolist() if not self.coco.has_ann(int(a))})
         for a in missing:
-            refs = self.ref_ids[np.searchsorted(self.ref_ann_off, np.flatnonzero(self.ann_flat == a), "right") - 1]
+            refs = self.ref_ids[
+                np.searchsorted(self.ref_ann_off, np.flatnonzero(self.ann_flat == a), "right") - 1
+            ]
             probs.append(
                 Problem(
                     "dangling reference",
@@ -244,7 +277,9 @@ class RefsDataset(RecordDataset):
         size = self._size(image_id, path, f"sent {sid}", resolve_size)
         boxes = self.coco.boxes_xyxy(ann_ids, who)
         has_mask = all(self.coco.ann_seg[self.coco.row(a, who)] is not None for a in ann_ids)
-        mask_loader = functools.partial(self._mask, ann_ids, image_id, str(path), f"sent {sid}") if has_mask else None
+        mask_loader = (
+            functools.partial(self._mask, ann_ids, image_id, str(path), f"sent {sid}") if has_mask else None
+        )
         extras = dict(self.extras[i]) if self.extras is not None and self.extras[i] else {}
         family = extras.pop("family", None)
         program = extras.pop("program", None)
@@ -336,4 +371,3 @@ def fix_py2_text(s: str) -> str:
 def describe_refs_file(ds_dir: Path, pattern: str) -> str:
     found = sorted(p.name for p in ds_dir.glob(pattern)) if ds_dir.is_dir() else []
     return f"found: {', '.join(found)}" if found else f"no {pattern} in {ds_dir}"
-

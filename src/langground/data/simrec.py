@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, Problem, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    Problem,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.coco import read_json
 from langground.data.images import image_size
 from langground.data.protocols import FLICKR_MERGED, REFCOCO, REFCOCO_PLUS, REFCOCOG_UMD, REFERIT
@@ -35,11 +43,31 @@ _DATASETS = {
 class SimRECDataset(RecordDataset):
     layout = "simrec"
 
-    def __init__(self, *, root: Path, name: str, split: str, ds: str, path: Path, rows: dict[str, list[Any]],
-                 boxes: np.ndarray, image_dir: Path, candidates: list[Path], mask_dir: Path | None,
-                 problems: list[Problem]) -> None:
-        super().__init__(root=root, name=name, split=split, protocol=_DATASETS[ds][2], image_dirs=candidates,
-                         task="rec", files=[path])
+    def __init__(
+        self,
+        *,
+        root: Path,
+        name: str,
+        split: str,
+        ds: str,
+        path: Path,
+        rows: dict[str, list[Any]],
+        boxes: np.ndarray,
+        image_dir: Path,
+        candidates: list[Path],
+        mask_dir: Path | None,
+        problems: list[Problem],
+        protocol: DatasetProtocol,
+    ) -> None:
+        super().__init__(
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=candidates,
+            task="rec",
+            files=[path],
+        )
         self.ds = ds
         self.rows = rows
         self.boxes = boxes
@@ -87,10 +115,17 @@ class SimRECDataset(RecordDataset):
         if r["cat"][i] is not None:
             meta["category_ids"] = (r["cat"][i],)
         return GroundingRecord(
-            sample_id=sid, image_id=r["iid"][i], image_path=str(path),
-            image_size=self._size(i, path, sid, resolve_size), text=r["text"][i],
-            boxes=self.boxes[r["entry"][i]][None].copy(), dataset=self.name, split=r["split"][i],
-            raw_text=r["text"][i], mask_loader=loader, meta=meta,
+            sample_id=sid,
+            image_id=r["iid"][i],
+            image_path=str(path),
+            image_size=self._size(i, path, sid, resolve_size),
+            text=r["text"][i],
+            boxes=self.boxes[r["entry"][i]][None].copy(),
+            dataset=self.name,
+            split=r["split"][i],
+            raw_text=r["text"][i],
+            mask_loader=loader,
+            meta=meta,
         )
 
     def _mask(self, i: int, mpath: Path, path: Path, sid: str) -> np.ndarray:
@@ -99,12 +134,23 @@ class SimRECDataset(RecordDataset):
             m = m[:, :, 0]
         h, w = image_size(path, sid) if path.is_file() else m.shape[:2]
         if m.shape != (h, w):
-            raise DataError(f"{mpath}: mask of shape {m.shape} for record {sid}, expected ({h}, {w}) "
-                            "(the image's H x W, optionally x 1)")
+            raise DataError(
+                f"{mpath}: mask of shape {m.shape} for record {sid}, expected ({h}, {w}) "
+                "(the image's H x W, optionally x 1)"
+            )
         return (m != 0).astype(np.uint8)
 
 
-def open_simrec(root: Path, split: str, *, name: str, ds: str, image_dir: str | Path | None = None) -> SimRECDataset:
+def open_simrec(
+    root: Path,
+    split: str,
+    *,
+    name: str,
+    ds: str,
+    image_dir: str | Path | None = None,
+    protocol: DatasetProtocol | None = None,
+    strict: bool = True,
+) -> SimRECDataset:
     path = root / "anns" / f"{ds}.json"
     top = read_json(path)
     if not isinstance(top, dict):
@@ -112,23 +158,23 @@ def open_simrec(root: Path, split: str, *, name: str, ds: str, image_dir: str | 
     check_split(split, sorted(top), path)
     splits = sorted(top) if split == ALL_SPLITS else [split]
     folders, pattern, _ = _DATASETS[ds]
-    rows: dict[str, list[Any]] = {k: [] for k in ("id", "split", "entry", "iid", "file", "text", "mask_id", "cat")}
+    rows: dict[str, list[Any]] = {
+        k: [] for k in ("id", "split", "entry", "iid", "file", "text", "mask_id", "cat")
+    }
     boxes: list[list[float]] = []
     problems: list[Problem] = []
+    bad = Collector(strict, problems)
     for s in splits:
         entries = top[s]
         if not isinstance(entries, list):
             raise DataError(f"{path}: split {s!r} is a {type(entries).__name__}, expected a list of entries")
         for j, e in enumerate(entries):
-            where = f"{path}: {s} entry {j}"
-            if not isinstance(e, dict):
-                raise DataError(f"{where} is a {type(e).__name__}, expected a dict with iid/bbox/refs")
-            for key in ("iid", "bbox", "refs"):
-                if key not in e:
-                    raise DataError(f"{where} (mask_id {e.get('mask_id')}): missing key {key!r}")
+            try:
+                _check_entry(e, f"{path}: {s} entry {j}")
+            except DataError as err:
+                bad(f"{s}/{j}", err)
+                continue
             b = e["bbox"]
-            if not (isinstance(b, list) and len(b) == 4):
-                raise DataError(f"{where}: bbox {b!r} is not [x, y, w, h]")
             entry = len(boxes)
             boxes.append([b[0], b[1], b[0] + b[2], b[1] + b[3]])
             iid = e["iid"]
@@ -154,9 +200,34 @@ def open_simrec(root: Path, split: str, *, name: str, ds: str, image_dir: str | 
     candidates = [root / "images" / f for f in folders] + [root / "images"]
     chosen = Path(image_dir) if image_dir else next((d for d in candidates if d.is_dir()), candidates[0])
     mask_dir = root / "masks" / ds
-    return SimRECDataset(root=root, name=name, split=split, ds=ds, path=path, rows=rows,
-                         boxes=np.asarray(boxes, np.float32).reshape(-1, 4), image_dir=chosen,
-                         candidates=candidates, mask_dir=mask_dir if mask_dir.is_dir() else None, problems=problems)
+    return SimRECDataset(
+        root=root,
+        name=name,
+        split=split,
+        ds=ds,
+        path=path,
+        rows=rows,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        image_dir=chosen,
+        candidates=candidates,
+        mask_dir=mask_dir if mask_dir.is_dir() else None,
+        problems=problems,
+        protocol=protocol or _DATASETS[ds][2],
+    )
+
+
+def _check_entry(e: Any, where: str) -> None:
+    """One-line DataError naming the entry when it is not ``{iid, bbox xywh, refs, [mask_id, cat_id]}``."""
+    if not isinstance(e, dict):
+        raise DataError(f"{where} is a {type(e).__name__}, expected a dict with iid/bbox/refs")
+    for key in ("iid", "bbox", "refs"):
+        if key not in e:
+            raise DataError(
+                f"{where} (mask_id {e.get('mask_id')}): missing key {key!r} (expected iid/bbox/refs)"
+            )
+    b = e["bbox"]
+    if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+        raise DataError(f"{where} (mask_id {e.get('mask_id')}): bbox {b!r} is not [x, y, w, h] numbers")
 
 
 for _ds in _DATASETS:
@@ -166,5 +237,6 @@ for _ds in _DATASETS:
         opener=open_simrec,
         detect=lambda root, _ds=_ds: (root / "anns" / f"{_ds}.json").is_file(),
         description=f"SimREC/LaConvNet merged anns/{_ds}.json with masks/{_ds}/<mask_id>.npy",
+        protocol=_DATASETS[_ds][2],
         ds=_ds,
     )

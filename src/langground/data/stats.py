@@ -18,7 +18,15 @@ def dataset_stats(ds: RecordDataset, top_answers: int = 10) -> dict[str, Any]:
     vqa = ds.task == "vqa"
     unit = "questions" if vqa else "expressions"
     per: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"images": set(), unit: 0, "refs": set(), "no_target": 0, "multi_target": 0, "boxes": 0, "objects": set()}
+        lambda: {
+            "images": set(),
+            unit: 0,
+            "refs": set(),
+            "no_target": 0,
+            "multi_target": 0,
+            "boxes": 0,
+            "objects": set(),
+        }
     )
     families: dict[str, Counter[str]] = defaultdict(Counter)
     answers: Counter[str] = Counter()

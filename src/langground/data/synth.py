@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from langground.data.base import RecordDataset, check_split, register_dataset
+from langground.data.base import Collector, DatasetProtocol, RecordDataset, check_split, register_dataset
 from langground.data.clevr import QuestionsDataset, read_questions
 from langground.data.coco import read_json
 from langground.data.grefcoco import open_grefcoco
@@ -52,13 +52,16 @@ def read_scenes(path: Path) -> dict[int, dict[str, Any]]:
     return scenes
 
 
-def open_synth_vqa(root: Path, split: str, *, name: str = "synth") -> QuestionsDataset:
+def open_synth_vqa(
+    root: Path, split: str, *, name: str = "synth", protocol: DatasetProtocol = SYNTH, strict: bool = True
+) -> QuestionsDataset:
     qpath = root / "questions.json"
     spath = root / "scenes.json"
     for p in (qpath, spath):
         if not p.is_file():
             raise DataError(f"{p}: file not found (the synthetic world's CLEVR-layout {p.name})")
-    cols, seen = read_questions(qpath, split, None)
+    bad = Collector(strict)
+    cols, seen = read_questions(qpath, split, None, bad)
     check_split(split, sorted(seen), qpath)
     scenes = read_scenes(spath)
     images = root / "images"
@@ -82,7 +85,7 @@ def open_synth_vqa(root: Path, split: str, *, name: str = "synth") -> QuestionsD
         root=root,
         name=name,
         split=split,
-        protocol=SYNTH,
+        protocol=protocol,
         image_dirs=[images],
         files=[qpath, spath],
         questions=cols,
@@ -91,6 +94,7 @@ def open_synth_vqa(root: Path, split: str, *, name: str = "synth") -> QuestionsD
         size_fn=size_fn,
     )
     ds.layout = "clevr"
+    ds.index_problems.extend(bad.problems)
     ds.scene_objects = {i: s["n_objects"] for i, s in scenes.items()}  # type: ignore[attr-defined]
     return ds
 
@@ -103,19 +107,22 @@ def open_synth(
     task: str = "gref",
     strict: bool = True,
     image_dir: str | Path | None = None,
+    protocol: DatasetProtocol = SYNTH,
 ) -> RecordDataset:
     """Open the synthetic world under ``root`` for ``task`` (rec/res/gref/gres/vqa)."""
     if task not in SYNTH_TASKS:
         raise DataError(f"unknown task {task!r} for synth; expected one of {', '.join(SYNTH_TASKS)}")
     if (root / "synth").is_dir() is False and (root / "questions.json").is_file() is False:
-        raise DataError(f"{root}: not a synthetic world (expected {root / 'synth'} and {root / 'questions.json'})")
+        raise DataError(
+            f"{root}: not a synthetic world (expected {root / 'synth'} and {root / 'questions.json'})"
+        )
     if task == "vqa":
-        return open_synth_vqa(root, split, name=name)
+        return open_synth_vqa(root, split, name=name, protocol=protocol, strict=strict)
     common = dict(
         name=name,
         dataset="synth",
         split_by="synth",
-        protocol=SYNTH,
+        protocol=protocol,
         images_subdir="images",
         image_dir=image_dir,
         strict=strict,
@@ -137,4 +144,5 @@ register_dataset(
     opener=open_synth,
     detect=lambda root: (root / "synth").is_dir() or (root / "dataset.json").is_file(),
     description="langground's synthetic referring world (task=rec|res|gref|gres|vqa)",
+    protocol=SYNTH,
 )

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from langground.data.base import ALL_SPLITS, DatasetProtocol, RecordDataset, check_split, register_dataset
+from langground.data.base import (
+    ALL_SPLITS,
+    Collector,
+    DatasetProtocol,
+    RecordDataset,
+    check_split,
+    register_dataset,
+)
 from langground.data.images import image_size
 from langground.data.protocols import (
     FLICKR_MERGED,
@@ -29,18 +36,19 @@ from langground.data.protocols import (
     REFCOCOG_UMD,
     REFERIT,
     TRANSVG_NOTE,
+    with_note,
 )
 from langground.errors import DataError
 from langground.types import GroundingRecord
 
 _INFO: dict[str, tuple[str, bool, DatasetProtocol]] = {
     # name: (image dir under ln_data, bbox is xywh, protocol)
-    "unc": ("other/images/mscoco/images/train2014", True, REFCOCO),
-    "unc+": ("other/images/mscoco/images/train2014", True, REFCOCO_PLUS),
-    "gref": ("other/images/mscoco/images/train2014", True, REFCOCOG_GOOGLE),
-    "gref_umd": ("other/images/mscoco/images/train2014", True, REFCOCOG_UMD),
-    "referit": ("referit/images", False, REFERIT),
-    "flickr": ("Flickr30k/flickr30k_images", False, FLICKR_MERGED),
+    "unc": ("other/images/mscoco/images/train2014", True, with_note(REFCOCO, TRANSVG_NOTE)),
+    "unc+": ("other/images/mscoco/images/train2014", True, with_note(REFCOCO_PLUS, TRANSVG_NOTE)),
+    "gref": ("other/images/mscoco/images/train2014", True, with_note(REFCOCOG_GOOGLE, TRANSVG_NOTE)),
+    "gref_umd": ("other/images/mscoco/images/train2014", True, with_note(REFCOCOG_UMD, TRANSVG_NOTE)),
+    "referit": ("referit/images", False, with_note(REFERIT, TRANSVG_NOTE)),
+    "flickr": ("Flickr30k/flickr30k_images", False, with_note(FLICKR_MERGED, TRANSVG_NOTE)),
 }
 
 
@@ -72,12 +80,29 @@ def torch_load_list(path: Path) -> list[Any]:
 class TransVGDataset(RecordDataset):
     layout = "transvg"
 
-    def __init__(self, *, root: Path, name: str, split: str, index_name: str, files: list[Path],
-                 rows: dict[str, list[Any]], boxes: np.ndarray, image_dir: Path, mask_dir: Path | None) -> None:
-        _, _, protocol = _INFO[index_name]
-        protocol = DatasetProtocol(**{**protocol.__dict__, "notes": TRANSVG_NOTE})
-        super().__init__(root=root, name=name, split=split, protocol=protocol, image_dirs=[image_dir],
-                         task="rec", files=files)
+    def __init__(
+        self,
+        *,
+        root: Path,
+        name: str,
+        split: str,
+        index_name: str,
+        files: list[Path],
+        rows: dict[str, list[Any]],
+        boxes: np.ndarray,
+        image_dir: Path,
+        mask_dir: Path | None,
+        protocol: DatasetProtocol,
+    ) -> None:
+        super().__init__(
+            root=root,
+            name=name,
+            split=split,
+            protocol=protocol,
+            image_dirs=[image_dir],
+            task="rec",
+            files=files,
+        )
         self.index_name = index_name
         self.rows = rows
         self.boxes = boxes
@@ -113,9 +138,18 @@ class TransVGDataset(RecordDataset):
             except (TypeError, ValueError):
                 meta["ann"] = second
         return GroundingRecord(
-            sample_id=sid, image_id=Path(r["image"][i]).stem, image_path=str(path), image_size=size,
-            text=r["text"][i], boxes=self.boxes[i : i + 1].copy(), dataset=self.name, split=r["split"][i],
-            raw_text=r["text"][i], ann_ids=ann_ids, mask_loader=loader, meta=meta,
+            sample_id=sid,
+            image_id=Path(r["image"][i]).stem,
+            image_path=str(path),
+            image_size=size,
+            text=r["text"][i],
+            boxes=self.boxes[i : i + 1].copy(),
+            dataset=self.name,
+            split=r["split"][i],
+            raw_text=r["text"][i],
+            ann_ids=ann_ids,
+            mask_loader=loader,
+            meta=meta,
         )
 
     def _mask(self, mask_path: Path, image_path: str, sid: str) -> np.ndarray:
@@ -126,7 +160,9 @@ class TransVGDataset(RecordDataset):
             try:
                 from scipy.io import loadmat
             except ImportError:
-                raise DataError(f"{mask_path}: reading ReferIt .mat masks needs scipy (pip install scipy)") from None
+                raise DataError(
+                    f"{mask_path}: reading ReferIt .mat masks needs scipy (pip install scipy)"
+                ) from None
             m = loadmat(str(mask_path)).get("segimg_t")
             if m is None:
                 raise DataError(f"{mask_path}: no 'segimg_t' array (entry {sid}); expected a ReferIt mask")
@@ -139,46 +175,68 @@ class TransVGDataset(RecordDataset):
             mask = np.asarray(torch.load(mask_path, map_location="cpu", weights_only=True)) != 0
         mask = mask.squeeze()
         if mask.shape != (h, w):
-            raise DataError(f"{mask_path}: mask is {mask.shape}, expected ({h}, {w}) of the image (entry {sid})")
+            raise DataError(
+                f"{mask_path}: mask is {mask.shape}, expected ({h}, {w}) of the image (entry {sid})"
+            )
         return mask.astype(np.uint8)
 
 
 def _entry(e: Any, index_name: str, path: Path, i: int) -> tuple[str, Any, Any, str, Any]:
     want = 3 if index_name == "flickr" else 5
     if not isinstance(e, (tuple, list)) or len(e) < want - (0 if index_name == "flickr" else 1):
-        shape = "(img, bbox_xyxy, phrase)" if index_name == "flickr" else "(img, ann/mask, bbox, phrase, attr)"
-        raise DataError(f"{path}: entry {i} is {type(e).__name__} of length {len(e) if hasattr(e, '__len__') else '?'}, "
-                        f"expected a tuple {shape}")
+        shape = (
+            "(img, bbox_xyxy, phrase)" if index_name == "flickr" else "(img, ann/mask, bbox, phrase, attr)"
+        )
+        raise DataError(
+            f"{path}: entry {i} is {type(e).__name__} of length {len(e) if hasattr(e, '__len__') else '?'}, "
+            f"expected a tuple {shape}"
+        )
     if index_name == "flickr":
         return str(e[0]), None, e[1], str(e[2]), None
     return str(e[0]), e[1], e[2], str(e[3]), (e[4] if len(e) > 4 else None)
 
 
-def open_transvg(root: Path, split: str, *, name: str, index_name: str, image_dir: str | Path | None = None
-                 ) -> TransVGDataset:
+def open_transvg(
+    root: Path,
+    split: str,
+    *,
+    name: str,
+    index_name: str,
+    image_dir: str | Path | None = None,
+    protocol: DatasetProtocol | None = None,
+    strict: bool = True,
+) -> TransVGDataset:
     data_dir = root / "data" / index_name
     if not data_dir.is_dir() and (root / index_name).is_dir():
         data_dir, root = root / index_name, root.parent  # root given as the `data` folder itself
     prefix = f"{index_name}_"
     available = sorted(p.name[len(prefix) : -len(".pth")] for p in data_dir.glob(f"{prefix}*.pth"))
     if not available:
-        raise DataError(f"{data_dir}: no {index_name}_<split>.pth files (expected TransVG's data/{index_name}/)")
+        raise DataError(
+            f"{data_dir}: no {index_name}_<split>.pth files (expected TransVG's data/{index_name}/)"
+        )
     check_split(split, available, data_dir)
     splits = available if split == ALL_SPLITS else [split]
     sub, xywh, _ = _INFO[index_name]
     rows: dict[str, list[Any]] = {k: [] for k in ("id", "split", "image", "second", "text", "attr")}
     boxes: list[Any] = []
     files = []
+    bad = Collector(strict)
     for s in splits:
         path = data_dir / f"{index_name}_{s}.pth"
         for i, e in enumerate(torch_load_list(path)):
-            img, second, box, text, attr = _entry(e, index_name, path, i)
             try:
-                b = [float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)]
-            except (TypeError, ValueError):
-                b = []
-            if len(b) != 4:
-                raise DataError(f"{path}: entry {i}: bbox {box!r} is not 4 numbers")
+                img, second, box, text, attr = _entry(e, index_name, path, i)
+                try:
+                    b = [float(v) for v in np.asarray(box, dtype=np.float64).reshape(-1)]
+                except (TypeError, ValueError):
+                    b = []
+                if len(b) != 4:
+                    order = "x1, y1, x2, y2" if not xywh else "x, y, w, h"
+                    raise DataError(f"{path}: entry {i}: bbox {box!r} is not 4 numbers (expected [{order}])")
+            except DataError as err:
+                bad(f"{s}/{i}", err)
+                continue
             if xywh:
                 b = [b[0], b[1], b[0] + b[2], b[1] + b[3]]
             rows["id"].append(f"{s}/{i}")  # no ids in the file: split and position
@@ -191,10 +249,20 @@ def open_transvg(root: Path, split: str, *, name: str, index_name: str, image_di
         files.append(path)
     ln = root / "ln_data"
     mask_dir = ln / "referit" / "mask" if index_name == "referit" else None
-    return TransVGDataset(root=root, name=name, split=split, index_name=index_name, files=files, rows=rows,
-                          boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                          image_dir=Path(image_dir) if image_dir else ln / sub,
-                          mask_dir=mask_dir if mask_dir is not None and mask_dir.is_dir() else None)
+    ds = TransVGDataset(
+        root=root,
+        name=name,
+        split=split,
+        index_name=index_name,
+        files=files,
+        rows=rows,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        image_dir=Path(image_dir) if image_dir else ln / sub,
+        mask_dir=mask_dir if mask_dir is not None and mask_dir.is_dir() else None,
+        protocol=protocol or _INFO[index_name][2],
+    )
+    ds.index_problems.extend(bad.problems)
+    return ds
 
 
 for _n in _INFO:
@@ -204,5 +272,6 @@ for _n in _INFO:
         opener=open_transvg,
         detect=lambda root, _n=_n: any((root / "data" / _n).glob(f"{_n}_*.pth")),
         description=f"TransVG/ReSC index data/{_n}/{_n}_<split>.pth with images under ln_data/",
+        protocol=_INFO[_n][2],
         index_name=_n,
     )
