@@ -96,6 +96,36 @@ def test_rec_no_plus_one_highest_score_and_merged_targets():
     assert out["rec/prec@0.5"] == pytest.approx(2 / 3)
 
 
+def test_rec_any_box_protocol_scores_the_best_referent():
+    # Flickr30k "separate": a hit on either box counts; "merged" compares with their enclosing box.
+    gt = [(0, 0, 4, 4), (6, 0, 10, 4)]  # enclosing box (0, 0, 10, 4), area 40
+    one = (6, 0, 10, 4)
+    merged, anyone = RECMetric(), RECMetric(box_match="any")
+    for m in (merged, anyone):
+        m.update(rec(0, gt), pred([one]))
+    assert merged.compute()["rec/miou"] == pytest.approx(16 / 40)
+    assert anyone.compute()["rec/miou"] == pytest.approx(1.0)
+    assert anyone.compute()["rec/prec@0.5"] == 1.0 and merged.compute()["rec/prec@0.5"] == 0.0
+    with pytest.raises(ValueError, match="box_match='all'"):
+        RECMetric(box_match="all")
+
+
+def test_metrics_config_follows_the_dataset_protocol_unless_the_config_says():
+    from types import SimpleNamespace
+
+    from langground.config import load_preset
+    from langground.engine.evaluate import metrics_config
+
+    cfg = load_preset("synth-laconvnet-t-rec")
+    separate = SimpleNamespace(protocol=SimpleNamespace(box_match="any"))
+    assert metrics_config(cfg).rec_box_match == "merged"
+    assert metrics_config(cfg, separate).rec_box_match == "any"
+    cfg.eval.box_match = "merged"
+    assert metrics_config(cfg, separate).rec_box_match == "merged"
+    assert load_preset("grefcoco-laconvnet-s-gres").eval.min_mask_pixels == 50
+    assert metrics_config(load_preset("grefcoco-laconvnet-s-gres")).min_mask_pixels == 50
+
+
 def test_rec_skips_no_target_and_vqa_and_checks_shapes():
     m = RECMetric()
     assert not m.update(rec(0, [], no_target=True), pred([(0, 0, 1, 1)]))

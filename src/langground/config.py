@@ -32,6 +32,7 @@ from langground.types import TASKS
 __all__ = [
     "Config",
     "DataConfig",
+    "EvalConfig",
     "ModelConfig",
     "OptimConfig",
     "PostprocessConfig",
@@ -195,6 +196,21 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Metric settings that papers vary (the rest follow the postprocess thresholds).
+
+    Attributes:
+        min_mask_pixels: GRES counts a predicted mask with fewer pixels as "no target" (1: only an
+            empty mask; ReLA and LaConvNet Table 6 use 50).
+        box_match: REC with several ground-truth boxes: ``merged`` (their enclosing box), ``any`` (a
+            hit on any box: Flickr30k's separate protocol), or null for the dataset protocol's choice.
+    """
+
+    min_mask_pixels: int = 1
+    box_match: Literal["merged", "any"] | None = None
+
+
+@dataclass
 class Config:
     """A complete, resolvable run configuration (what ``config.yaml`` holds)."""
 
@@ -208,6 +224,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     loss: dict[str, float] = field(default_factory=dict)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
         """Check cross-field constraints; returns ``self``. Raises LanggroundError naming the field."""

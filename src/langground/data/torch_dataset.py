@@ -8,25 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from langground.data.images import load_image
 from langground.errors import DataError
 from langground.types import GroundingRecord
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB, with a one-line DataError when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from None
 
 
 class GroundingTorchDataset(Dataset):
@@ -61,7 +49,7 @@ class GroundingTorchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = load_rgb(record.image_path)
+        image = load_image(record.image_path, record.sample_id)
         height, width = image.height, image.width
         if (height, width) != tuple(record.image_size):
             raise DataError(

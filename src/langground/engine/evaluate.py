@@ -81,11 +81,16 @@ class EvalResult:
         }
 
 
-def metrics_config(config: Config) -> MetricsConfig:
-    """Metric thresholds that must agree with the postprocess thresholds of the same config."""
+def metrics_config(config: Config, records: Any = None) -> MetricsConfig:
+    """Metric settings: thresholds that agree with the postprocess of the same config, ``config.eval``,
+    and the box protocol of the dataset (``records.protocol.box_match``) unless the config sets one."""
+    protocol = getattr(records, "protocol", None)
+    box_match = config.eval.box_match or ("any" if getattr(protocol, "box_match", "") == "any" else "merged")
     return MetricsConfig(
         no_target_threshold=config.postprocess.no_target_threshold,
         grec_score_threshold=config.postprocess.box_set_threshold,
+        min_mask_pixels=config.eval.min_mask_pixels,
+        rec_box_match=box_match,
     )
 
 
@@ -188,7 +193,7 @@ def evaluate_model(
         run,
         batch_size=batch_size or run.eval_batch_size or 2 * run.batch_size,
     )
-    evaluator = Evaluator(EVAL_TASKS[task], metrics_config(config))
+    evaluator = Evaluator(EVAL_TASKS[task], metrics_config(config, records))
     rows: list[dict[str, Any]] = []
     kept: list[tuple[GroundingRecord, Prediction]] = []
     bar = None
@@ -210,7 +215,7 @@ def evaluate_model(
     finally:
         if bar is not None:
             bar.stop()
-    total = Evaluator(EVAL_TASKS[task], metrics_config(config))
+    total = Evaluator(EVAL_TASKS[task], metrics_config(config, records))
     for state in D.all_gather_object(evaluator.state_dict()):
         total.merge(state)
     if save_predictions is not None:

@@ -79,6 +79,10 @@ def one_to_one_match(iou: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[
     return sorted((r, c) for c, r in enumerate(owner) if r >= 0)
 
 
+#: How REC scores an expression with several ground-truth boxes: their enclosing box, or any of them.
+BOX_MATCH = ("merged", "any")
+
+
 class RECMetric(MetricAccumulator):
     """Referring expression comprehension: Prec@0.5 (a.k.a. Acc@0.5), as in LADS, LaConvNet, TransVG.
 
@@ -89,20 +93,26 @@ class RECMetric(MetricAccumulator):
     - ``rec/miou``: mean IoU.
 
     Conventions: with several predicted boxes the highest-scoring one is the answer (the first on
-    ties); no predicted box scores IoU 0. With several ground-truth boxes they are merged into their
-    enclosing box (the Flickr30k Entities protocol, LaConvNet §5.1). No-target records and records
+    ties); no predicted box scores IoU 0. With several ground-truth boxes, ``box_match="merged"`` merges
+    them into their enclosing box (the Flickr30k Entities merged protocol, LaConvNet §5.1) and
+    ``box_match="any"`` scores the best of them (the separate protocol). No-target records and records
     without boxes (VQA) are skipped: score those with :class:`GRECMetric`.
     """
 
     prefix = "rec"
 
-    def __init__(self, thresholds: Sequence[float] = (0.5,), by_family: bool = True) -> None:
+    def __init__(
+        self, thresholds: Sequence[float] = (0.5,), by_family: bool = True, box_match: str = "merged"
+    ) -> None:
         super().__init__(by_family)
+        if box_match not in BOX_MATCH:
+            raise ValueError(f"box_match={box_match!r}: expected one of {', '.join(BOX_MATCH)}")
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.box_match = box_match
         self.family_metrics = (*(f"prec@{t:g}" for t in self.thresholds), "miou")
 
     def config(self) -> dict[str, Any]:
-        return {"thresholds": list(self.thresholds)}
+        return {"thresholds": list(self.thresholds), "box_match": self.box_match}
 
     def sample_stats(
         self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
@@ -116,8 +126,11 @@ class RECMetric(MetricAccumulator):
         else:
             if pred.shape[0] > 1:
                 pred = pred[[int(np.argmax(_scores("rec", record, prediction, pred.shape[0])))]]
-            target = gt if gt.shape[0] == 1 else enclosing_box(gt)[None]
-            iou = float(_iou_matrix(pred, target)[0, 0])
+            if self.box_match == "any":
+                iou = float(_iou_matrix(pred, gt)[0].max())
+            else:
+                target = gt if gt.shape[0] == 1 else enclosing_box(gt)[None]
+                iou = float(_iou_matrix(pred, target)[0, 0])
         stats: SampleStats = {"count": 1, "iou": iou}
         stats.update({f"hit@{t:g}": int(iou >= t) for t in self.thresholds})
         return stats

@@ -62,6 +62,8 @@ class MetricsConfig:
         grec_score_threshold: GREC keeps predicted boxes with ``score >= this`` (gRefCOCO: 0.7).
         grec_iou_threshold: GREC matches a box to a referent at ``IoU >= this`` (0.5).
         by_family: also report every task's main metrics per ``record.family``.
+        rec_box_match: REC with several ground-truth boxes: ``merged`` (their enclosing box) or ``any``
+            (the best one; Flickr30k's separate protocol).
     """
 
     rec_thresholds: tuple[float, ...] = (0.5,)
@@ -72,11 +74,12 @@ class MetricsConfig:
     grec_score_threshold: float = 0.7
     grec_iou_threshold: float = 0.5
     by_family: bool = True
+    rec_box_match: str = "merged"
 
 
 def _build(task: str, cfg: MetricsConfig) -> MetricAccumulator:
     if task == "rec":
-        return RECMetric(cfg.rec_thresholds, cfg.by_family)
+        return RECMetric(cfg.rec_thresholds, cfg.by_family, cfg.rec_box_match)
     if task == "res":
         return RESMetric(cfg.res_thresholds, cfg.by_family)
     if task == "gres":
