@@ -314,7 +314,7 @@ def test_eval_bad_input_is_one_line_and_overwrites_nothing(cli, run_dir, world, 
     shutil.copytree(world, broken)
     image = Path(open_dataset(broken, "synth", "testA", task="rec")[0].image_path)
     image.write_bytes(b"this is not a PNG")
-    one_line_error(ev(run_dir, broken), str(image), "cannot decode image")
-    one_line_error(ev(run_dir, broken, "--workers", "1"), str(image), "cannot decode image")
+    one_line_error(ev(run_dir, broken), str(image), "image fails to decode (record")
+    one_line_error(ev(run_dir, broken, "--workers", "1"), str(image), "image fails to decode (record")
     assert preds.read_text() == "old\n"
     assert blocker.read_text() == "x"

@@ -157,5 +157,5 @@ def test_dataset_reports_size_mismatch_and_bad_image(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     record = GroundingRecord("s2", 2, str(bad), (10, 10), "x")
-    with pytest.raises(DataError, match="bad.png: cannot decode image"):
+    with pytest.raises(DataError, match="bad.png: image fails to decode"):
         GroundingTorchDataset([record], build_transforms(TransformConfig(input_size=64), False))[0]

@@ -74,9 +74,8 @@ def load_image(path: str | Path, record: str = "") -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{path}: image not found{where}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(
-            f"{path}: image fails to decode{where}: {_one_line(e)}; expected a JPEG/PNG image"
-        ) from None
+        reason = _one_line(e).replace(f" '{path}'", "").replace(str(path), "the file")  # named once
+        raise DataError(f"{path}: image fails to decode{where}: {reason}; expected a JPEG/PNG image") from None
 
 
 def verify_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> str | None:
