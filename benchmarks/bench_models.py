@@ -23,6 +23,7 @@ LADDER = [
     ("+ channels-last", {"channels_last": True}),
     ("+ bf16", {"channels_last": True, "dtype": "bf16"}),
     ("+ torch.compile", {"channels_last": True, "dtype": "bf16", "compile": True}),
+    ("bf16 + compile, NCHW", {"dtype": "bf16", "compile": True}),
     ("fp32 + channels-last + compile", {"channels_last": True, "compile": True}),
 ]
 

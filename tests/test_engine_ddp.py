@@ -29,6 +29,11 @@ TINY = [
     "model.kwargs.attn_min_dim=16",
     "model.kwargs.neck_dim=16",
     "run.device=cpu",
+    # the demo preset's speed recipe off: tests pin exact fp32 numerics and plain epochs
+    "run.amp=none",
+    "run.max_steps=null",
+    "run.max_minutes=null",
+    "run.curriculum_epochs=0",
     "run.num_workers=0",
     "run.num_threads=1",
     "run.tensorboard=false",

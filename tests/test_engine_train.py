@@ -40,6 +40,11 @@ TINY = [
     "model.kwargs.attn_min_dim=16",
     "model.kwargs.neck_dim=16",
     "run.device=cpu",
+    # the demo preset's speed recipe off: tests pin exact fp32 numerics and plain epochs
+    "run.amp=none",
+    "run.max_steps=null",
+    "run.max_minutes=null",
+    "run.curriculum_epochs=0",
     "run.num_workers=0",
     "run.num_threads=1",
     "run.tensorboard=false",
@@ -385,6 +390,8 @@ def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
     result = train(tiny(world, "run.max_steps=5", "run.max_minutes=1e-9"), tmp_path / "run", console=quiet())
     assert result.status == "time_limit" and result.step == 1
     assert ckpt_io.latest_checkpoint(tmp_path / "run").name == "step-00000001"
+    # the budget is spent, not the run broken: it is validated (best/ kept) like a finished run
+    assert result.best_step == 1 and result.val and (tmp_path / "run" / ckpt_io.BEST_DIR).is_dir()
 
 
 def test_precision_resolution():

@@ -44,7 +44,11 @@ def _reference_phi(gen: ParameterGenerator, x, y, mask):
     ctx, maps = [], []
     for i in range(heads):
         sl = slice(i * dh, (i + 1) * dh)
-        logits = q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(dh)  # (B, N, L)
+        if gen.qk_norm:  # cosine similarity times the head's learned temperature
+            scale = gen.logit_scale[i].exp().item()
+            logits = F.normalize(q[..., sl], dim=-1) @ F.normalize(k[..., sl], dim=-1).transpose(1, 2) * scale
+        else:
+            logits = q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(dh)  # (B, N, L)
         logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
         a = logits.softmax(-1)
         ctx.append(a @ v[..., sl])
@@ -141,3 +145,22 @@ def test_kernel_dropout_drops_generated_kernel_values_in_training_only():
         generated, _ = m.generator(x, y, mask)
         m(x, y, mask)
     assert torch.equal(used[-1], generated)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_qk_norm_is_cosine_attention_with_a_learned_temperature(heads):
+    torch.manual_seed(0)
+    gen = ParameterGenerator(8, 24, 3, 2, packing=2, attn_dim=16, num_heads=heads, qk_norm=True)
+    assert torch.allclose(gen.logit_scale.exp(), torch.full((heads, 1, 1), 10.0))
+    with torch.no_grad():
+        gen.logit_scale[0] += 0.5  # the heads' temperatures are their own
+    _randomise_bn(gen)
+    gen.eval()
+    x = torch.randn(2, 8, 8, 8)
+    y, mask = _text()
+    weight, maps = gen(x, y, mask)
+    ref_w, ref_maps = _reference_phi(gen, x, y, mask)
+    assert torch.allclose(weight, ref_w, atol=1e-5) and torch.allclose(maps, ref_maps, atol=1e-6)
+    gen.train()
+    gen(x, y, mask)[0].square().sum().backward()
+    assert gen.logit_scale.grad is not None and gen.logit_scale.grad.abs().sum() > 0

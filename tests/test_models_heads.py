@@ -143,3 +143,26 @@ def test_generalized_tasks_have_a_no_target_logit_that_reads_the_text(task):
     )
     losses = build_criterion(task)(m.train()(images, _text()), targets)
     assert "loss_no_target" in losses and losses["loss_no_target"] > 0
+
+
+def test_text_gate_multiplies_each_scale_by_a_projection_of_the_expression():
+    from langground.models.heads import TextGate
+
+    torch.manual_seed(0)
+    gate = TextGate((3, 5), text_dim=8)
+    feats = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    text, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 3:] = False
+    out = gate(feats, text, mask)
+    sentence = gate.pool(text, mask)
+    for x, y, lin in zip(feats, out, gate.proj, strict=True):
+        assert torch.allclose(y, x * lin(sentence)[:, :, None, None])  # channel-wise product (MCN)
+    text2 = text.clone()
+    text2[1, 3:] = 100.0  # padded words change nothing
+    assert all(torch.allclose(a, b) for a, b in zip(out, gate(feats, text2, mask), strict=True))
+    # the REC model with the gate: the box logits change with the expression through it, and it trains
+    m = _model("rec", neck_text_gate=True).train()
+    assert hasattr(m, "text_gate") and not hasattr(_model("rec"), "text_gate")
+    out = m(torch.randn(2, 3, SIZE, SIZE), _text())
+    out["pred_box_logits"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.text_gate.parameters())

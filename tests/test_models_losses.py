@@ -126,3 +126,28 @@ def test_build_criterion_validates():
         build_criterion("det")
     with pytest.raises(ValueError, match="unknown loss weight"):
         build_criterion("rec", dice=1.0)
+
+
+def test_rec_objectness_is_a_softmax_over_cells_and_gref_keeps_bce():
+    # One referent centred on a cell corner: 4 x 4 cells lie within 1.5 cells of it; all logits 0:
+    # softmax CE against the uniform target on the positives = log 64 exactly.
+    out = _dense_outputs(b=1)
+    gt = torch.tensor([[0.5, 0.5, 0.9, 0.9]])
+    targets = Targets([gt], None, torch.zeros(1, dtype=torch.bool), torch.full((1,), -1))
+    assert build_criterion("rec").objectness == "softmax"
+    assert build_criterion("gref").objectness == "bce"
+    rec = build_criterion("rec")(out, targets)["loss_obj"]
+    assert rec.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=1e-6)
+    bce = build_criterion("rec", objectness="bce")(out, targets)["loss_obj"]
+    assert bce.item() == pytest.approx(64 * torch.log(torch.tensor(2.0)).item() / 16, rel=1e-6)  # per positive
+    # Mass on the positives lowers the softmax loss; mass elsewhere raises it.
+    pos, _ = assign_cells(out["aux"]["cell_centers"], out["aux"]["cell_size"], gt, 1.5)
+    crit = build_criterion("rec")
+    with torch.no_grad():
+        out["pred_box_logits"][0, pos] = 3.0
+    assert crit(out, targets)["loss_obj"] < rec
+    with torch.no_grad():
+        out["pred_box_logits"][0] = torch.where(pos, 0.0, 3.0)
+    assert crit(out, targets)["loss_obj"] > rec
+    with pytest.raises(ValueError, match="objectness='focal'"):
+        build_criterion("rec", objectness="focal")

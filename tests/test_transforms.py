@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -159,3 +162,30 @@ def test_dataset_reports_size_mismatch_and_bad_image(tmp_path):
     record = GroundingRecord("s2", 2, str(bad), (10, 10), "x")
     with pytest.raises(DataError, match="bad.png: image fails to decode"):
         GroundingTorchDataset([record], build_transforms(TransformConfig(input_size=64), False))[0]
+
+
+def test_image_cache_decodes_each_image_once_within_its_budget(tmp_path):
+    a, b = _record(tmp_path, "a.png"), _record(tmp_path, "b.png")
+    pipeline = build_transforms(TransformConfig(input_size=64), False)
+    one_image_mb = 3 * 240 * 320 / 2**20
+    ds = GroundingTorchDataset([a, b, a], pipeline, cache_mb=1.5 * one_image_mb)  # room for one image
+    first = ds[0]["image"]
+    ds[1]
+    Path(a.image_path).unlink()
+    Path(b.image_path).unlink()
+    assert torch.equal(ds[2]["image"], first)  # served from memory
+    with pytest.raises(DataError, match="b.png: image not found"):
+        ds[1]  # over the budget: not cached, read again
+    uncached = GroundingTorchDataset([a], pipeline)
+    with pytest.raises(DataError, match="a.png: image not found"):
+        uncached[0]
+
+
+def test_light_records_and_indices_reach_the_batch(tmp_path):
+    record = _record(tmp_path)
+    ds = GroundingTorchDataset([record] * 2, build_transforms(TransformConfig(input_size=64), False))
+    item = ds[1]
+    assert item["index"] == 1 and item["record"].mask_loader is None and record.mask_loader is not None
+    assert len(pickle.dumps(item["record"])) < 2000
+    batch = GroundingCollator(Vocabulary.build([record.text]), 8)([ds[0], ds[1]])
+    assert batch.indices == [0, 1]

@@ -84,6 +84,8 @@ class DataConfig:
         train_limit / eval_limit: use only the first N records of a split (quick runs, tests).
         synth: ``SynthConfig`` fields of the world generated when ``root`` is absent.
         synth_workers: processes used to generate the world.
+        cache_images_mb: keep up to this many MB of decoded images in memory, per loader process
+            (small datasets: every image is decoded once instead of once per expression).
     """
 
     dataset: str = "synth"
@@ -98,6 +100,7 @@ class DataConfig:
     eval_limit: int | None = None
     synth: dict[str, Any] = field(default_factory=dict)
     synth_workers: int = 2
+    cache_images_mb: float = 0
 
 
 @dataclass
@@ -162,6 +165,8 @@ class RunConfig:
         keep_last: how many periodic checkpoints to keep (``best/`` is kept besides).
         log_every: optimiser steps between two lines of ``metrics.jsonl``.
         max_minutes: stop (with a checkpoint) after this much training time.
+        curriculum_epochs: length curriculum: epoch ``e`` < this trains on the ``(e+1)/(N+1)`` shortest
+            expressions only (repeated to a full epoch), so words are grounded before syntax (0: off).
         tensorboard: also write TensorBoard scalars and example pictures when tensorboard is installed.
         log_images: example predictions drawn to TensorBoard at each evaluation.
         out_dir: run directory when the command line gives none.
@@ -189,6 +194,7 @@ class RunConfig:
     keep_last: int = 2
     log_every: int = 10
     max_minutes: float | None = None
+    curriculum_epochs: int = 0
     tensorboard: bool = True
     log_images: int = 4
     progress: bool = True
@@ -251,6 +257,7 @@ class Config:
             (null_or(r.save_steps, 0), "run.save_steps", r.save_steps, "null or >= 0 (0: off)"),
             (r.log_images >= 0, "run.log_images", r.log_images, ">= 0"),
             (r.max_minutes is None or r.max_minutes > 0, "run.max_minutes", r.max_minutes, "null or > 0"),
+            (r.curriculum_epochs >= 0, "run.curriculum_epochs", r.curriculum_epochs, ">= 0"),
             (0.0 < r.ema_decay < 1.0, "run.ema_decay", r.ema_decay, "a number in (0, 1)"),
             (
                 r.clip_grad_norm is None or r.clip_grad_norm > 0,

@@ -3,7 +3,9 @@
 ``build_criterion(task, **weights)`` returns a module whose ``forward(outputs, targets)`` gives a dict of
 unweighted ``loss_*`` terms and ``loss``, their weighted sum. Terms per task:
 
-- rec / gref: ``loss_giou`` (GIoU, torchvision), ``loss_l1`` (L1 on cxcywh), ``loss_obj`` (objectness BCE);
+- rec / gref: ``loss_giou`` (GIoU, torchvision), ``loss_l1`` (L1 on cxcywh), ``loss_obj`` (objectness:
+  softmax cross-entropy over the cells for rec, whose one referent the cells compete for; per-cell BCE for
+  gref);
   gref also ``loss_no_target``. Dense heads (``pred_box_set`` + ``pred_box_logits`` + ``aux["cell_centers"]``)
   are trained per cell: a cell is positive for a referent when its centre lies inside the referent's box
   (widened to at least the cell itself) and within ``center_radius`` cells of the referent's centre, so
@@ -33,6 +35,11 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "gres": {"mask_bce": 1.0, "mask_dice": 1.0, "no_target": 1.0},
     "vqa": {"answer": 1.0},
 }
+
+
+#: Objectness losses of dense box heads: per-cell ``bce`` (any number of referents) or ``softmax`` over
+#: the cells (exactly one referent: REC).
+OBJECTNESS = ("bce", "softmax")
 
 
 def _zero(ref: Tensor) -> Tensor:
@@ -66,11 +73,16 @@ def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class GroundingCriterion(nn.Module):
-    def __init__(self, task: str, weights: dict[str, float], center_radius: float = 1.5):
+    def __init__(
+        self, task: str, weights: dict[str, float], center_radius: float = 1.5, objectness: str = "bce"
+    ):
         super().__init__()
+        if objectness not in OBJECTNESS:
+            raise ValueError(f"objectness={objectness!r}: expected one of {', '.join(OBJECTNESS)}")
         self.task = task
         self.weights = dict(weights)
         self.center_radius = center_radius
+        self.objectness = objectness
 
     def extra_repr(self) -> str:
         return f"task={self.task!r}, weights={self.weights}"
@@ -135,8 +147,14 @@ class GroundingCriterion(nn.Module):
         if not preds:
             return {"loss_giou": _zero(box_set), "loss_l1": _zero(box_set), "loss_obj": _zero(logits)}
         p, g = torch.cat(preds), torch.cat(gts)
-        num_pos = max(p.shape[0], 1)
-        obj = F.binary_cross_entropy_with_logits(logits[rows], obj_target[rows], reduction="sum") / num_pos
+        if self.objectness == "softmax":
+            # One referent per expression: the cells compete for it. Cross-entropy of the softmax over
+            # cells against the positives' uniform distribution (rows with a target only).
+            target = obj_target[rows] / obj_target[rows].sum(dim=1, keepdim=True).clamp_min(1.0)
+            obj = -(target * F.log_softmax(logits[rows], dim=1)).sum(dim=1).mean()
+        else:
+            num_pos = max(p.shape[0], 1)
+            obj = F.binary_cross_entropy_with_logits(logits[rows], obj_target[rows], reduction="sum") / num_pos
         return {
             "loss_giou": generalized_box_iou_loss(_xyxy(p), _xyxy(g), reduction="mean"),
             "loss_l1": F.l1_loss(p, g),
@@ -174,8 +192,12 @@ def _xyxy(b: Tensor) -> Tensor:
     return box_convert(b, "cxcywh", "xyxy")
 
 
-def build_criterion(task: str, center_radius: float = 1.5, **weights: float) -> GroundingCriterion:
+def build_criterion(
+    task: str, center_radius: float = 1.5, objectness: str | None = None, **weights: float
+) -> GroundingCriterion:
     """Criterion for ``task`` with default weights overridden by ``weights`` (e.g. ``giou=1.0``).
+
+    ``objectness``: ``softmax`` (default for ``rec``) or ``bce`` (default for ``gref``, several referents).
 
     Raises:
         ValueError: unknown task or a weight name the task does not use.
@@ -188,8 +210,13 @@ def build_criterion(task: str, center_radius: float = 1.5, **weights: float) -> 
         raise ValueError(
             f"unknown loss weight(s) {', '.join(sorted(unknown))} for task {task!r}; valid: {', '.join(sorted(w))}"
         )
-    w.update({k: float(v) for k, v in weights.items()})
-    return GroundingCriterion(task, w, center_radius)
+    for k, v in weights.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"loss weight {k}={v!r}: expected a number")
+        w[k] = float(v)
+    if objectness is None:
+        objectness = "softmax" if task == "rec" else "bce"
+    return GroundingCriterion(task, w, center_radius, objectness)
 
 
 __all__ = [

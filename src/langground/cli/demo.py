@@ -54,7 +54,8 @@ def _run_state(run_dir: Path, config: Any) -> str:
             return "resume"
         saved = load_config(run_dir / ckpt_io.CONFIG)
         same_length = (saved.run.epochs, saved.run.max_steps) == (config.run.epochs, config.run.max_steps)
-        if done.get("status") == "completed" and done.get("step") == done.get("total_steps") and same_length:
+        finished = done.get("status") == "time_limit" or done.get("step") == done.get("total_steps")
+        if done.get("status") in ("completed", "time_limit") and finished and same_length:
             return "done"
     return "resume"
 
@@ -171,7 +172,7 @@ def demo(
         except TrainingDiverged as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
-        if result.status != "completed":
+        if result.status not in ("completed", "time_limit"):  # the time limit is part of the recipe
             err_console.print(
                 f"training {result.status} at step {result.step}/{result.total_steps}; run the demo again to "
                 "continue",

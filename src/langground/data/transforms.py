@@ -166,9 +166,11 @@ def build_transforms(cfg: TransformConfig, train: bool) -> v2.Compose:
             steps.append(ReferentSafeRandomCrop(cfg.crop_prob, cfg.crop_min_scale))
         if cfg.flip_prob > 0:
             steps.append(TextAwareHorizontalFlip(cfg.flip_prob))
-        if cfg.brightness or cfg.contrast or cfg.saturation:
-            steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, hue=0.0))
-    steps += [Letterbox(cfg.input_size), NormalizeImage()]
+    steps.append(Letterbox(cfg.input_size))
+    if train and (cfg.brightness or cfg.contrast or cfg.saturation):
+        # After the resize: jitter costs per pixel, and the canvas is usually far smaller than the photo.
+        steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, hue=0.0))
+    steps.append(NormalizeImage())
     return v2.Compose(steps)
 
 

@@ -258,6 +258,7 @@ def build_dataset(
         build_transforms(config.transforms, train=train),
         answer_vocab=answer_index(answers),
         load_masks=load_masks,
+        cache_mb=config.data.cache_images_mb,
     )
 
 

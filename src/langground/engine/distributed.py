@@ -133,14 +133,35 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     like DistributedSampler); ``start`` is the number of this rank's samples already consumed.
     """
 
-    def __init__(self, size: int, info: DistInfo, seed: int, shuffle: bool = True):
+    def __init__(
+        self,
+        size: int,
+        info: DistInfo,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        curriculum_epochs: int = 0,
+    ):
         self.size, self.info, self.seed, self.shuffle = size, info, seed, shuffle
         self.epoch, self.start = 0, 0
+        # Length curriculum ("baby steps"): epoch e < E draws only from the (e+1)/(E+1) shortest
+        # expressions, repeated to a full epoch; from epoch E on, every record. Epochs keep their length,
+        # so step counts, schedules and exact resume are unchanged.
+        self.curriculum_epochs = curriculum_epochs if lengths is not None else 0
+        self.by_length = sorted(range(size), key=lambda i: (lengths[i], i)) if self.curriculum_epochs else []
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def pool(self, epoch: int) -> list[int]:
+        """The records epoch ``epoch`` draws from (all of them once the curriculum is over)."""
+        if epoch >= self.curriculum_epochs:
+            return list(range(self.size))
+        keep = max(1, self.size * (epoch + 1) // (self.curriculum_epochs + 1))
+        return sorted(self.by_length[:keep])
+
     def _indices(self) -> list[int]:
+        pool = self.pool(self.epoch)
         base = DistributedSampler(
             range(self.size),  # type: ignore[arg-type]
             num_replicas=self.info.world_size,
@@ -149,7 +170,9 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             seed=self.seed,
         )
         base.set_epoch(self.epoch)
-        return list(base)
+        if len(pool) == self.size:
+            return list(base)
+        return [pool[i % len(pool)] for i in base]  # the shuffled positions, folded onto the pool
 
     def per_rank(self) -> int:
         """Samples of one rank per epoch."""

@@ -336,7 +336,13 @@ class Trainer:
         seed_everything(run.seed + 1_000_003 * self.info.rank)
 
         # data order
-        self.sampler = D.ResumableSampler(len(self.train_records), self.info, run.seed, shuffle=True)
+        lengths = None
+        if run.curriculum_epochs:
+            lengths = [len(self.train_records[i].text.split()) for i in range(len(self.train_records))]
+        self.sampler = D.ResumableSampler(
+            len(self.train_records), self.info, run.seed, shuffle=True, lengths=lengths,
+            curriculum_epochs=run.curriculum_epochs,
+        )
         micro_per_epoch = self.sampler.per_rank() // run.batch_size
         self.steps_per_epoch = micro_per_epoch // run.grad_accum
         if self.steps_per_epoch < 1:
@@ -748,9 +754,11 @@ class Trainer:
         return status
 
     def _finish(self, status: str) -> RunResult:
-        if status == "completed" and self.last_eval_step != self.step:
+        # A time limit ends the run as planned (its budget is spent): it is evaluated like a finished one.
+        finished = status in ("completed", "time_limit")
+        if finished and self.last_eval_step != self.step:
             self.validate()
-        tests = self.test() if status == "completed" else {}
+        tests = self.test() if finished else {}
         result = RunResult(
             run_dir=self.run_dir,
             status=status,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -40,6 +41,7 @@ class ParameterGenerator(nn.Module):
         attn_dim: int | None = None,
         num_heads: int = 8,
         cond_dim: int | None = None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.packing = s = packing
@@ -49,6 +51,12 @@ class ParameterGenerator(nn.Module):
         if attn_dim % num_heads:
             raise ValueError(f"attention width {attn_dim} is not divisible by {num_heads} heads")
         self.num_heads, self.head_dim = num_heads, attn_dim // num_heads
+        # qk_norm: cosine attention with a learned per-head temperature (init 10) instead of the
+        # 1/sqrt(d) scaling. From scratch, scaled dot products start tiny and A stays uniform over the
+        # words for thousands of steps: every position then gets the same kernel.
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         packed = dim * s * s
         self.pos = PositionEmbeddingSine2d(packed)
         self.query = nn.Conv2d(packed, attn_dim, 1)  # W_X, on packed tokens
@@ -72,7 +80,12 @@ class ParameterGenerator(nn.Module):
         q = q.flatten(2).transpose(1, 2).unflatten(2, (self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.key(text).unflatten(2, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, h, L, dh)
         v = self.value(text).unflatten(2, (self.num_heads, self.head_dim)).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * (self.head_dim**-0.5)  # (B, h, N, L)
+        if self.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scale = self.logit_scale.float().clamp(max=math.log(100.0)).exp()
+            scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (B, h, N, L)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)).float() * (self.head_dim**-0.5)  # Eq. 4
         if text_mask is not None:
             scores = scores.masked_fill(~text_mask[:, None, None, :], float("-inf"))
         att = torch.softmax(scores, dim=-1)

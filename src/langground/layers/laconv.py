@@ -31,6 +31,7 @@ class LaConv(nn.Module):
         cond_dim: int | None = None,
         language_only: bool = False,
         interleaved: bool = False,
+        qk_norm: bool = False,
     ):
         super().__init__()
         if dim % groups:
@@ -40,7 +41,7 @@ class LaConv(nn.Module):
             self.generator = LanguageKernelGenerator(text_dim, kernel_size, groups)
         else:
             self.generator = ParameterGenerator(
-                dim, text_dim, kernel_size, groups, packing, attn_dim, num_heads, cond_dim
+                dim, text_dim, kernel_size, groups, packing, attn_dim, num_heads, cond_dim, qk_norm
             )
         self.kernel_dropout = kernel_dropout
         self.dynamic = DynamicConv(kernel_size, dilation, interleaved)

@@ -46,6 +46,26 @@ def _up_to(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="nearest")
 
 
+class TextGate(nn.Module):
+    """MCN's multi-modal fusion [54]: each stage map times a projection of the pooled expression.
+
+    ``forward(feats, text (B, L, D), mask) -> feats``, ``x_i * (W_i t + b_i)`` per channel, so the
+    neck sees language directly, not only through the kernels that shaped the maps.
+    """
+
+    def __init__(self, in_dims: tuple[int, ...], text_dim: int):
+        super().__init__()
+        self.pool = AttentionPool(text_dim, text_dim, dropout=0.0)
+        self.proj = nn.ModuleList(nn.Linear(text_dim, d) for d in in_dims)
+        for lin in self.proj:  # start as the identity gate: x * 1
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.ones_(lin.bias)
+
+    def forward(self, feats: list[Tensor], text: Tensor, text_mask: Tensor | None) -> list[Tensor]:
+        sentence = self.pool(text, text_mask)
+        return [x * lin(sentence).to(x.dtype)[:, :, None, None] for x, lin in zip(feats, self.proj, strict=True)]
+
+
 class MultiScaleFusion(nn.Module):
     """Fuse stage features ``(C3, C4, C5)`` (strides 8/16/32) and return one map at ``out_stride``.
 

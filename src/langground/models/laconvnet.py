@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from langground.errors import LanggroundError
 from langground.layers import BLOCKS, ConvBNAct
 from langground.models.base import GroundingModel
-from langground.models.heads import BoxHead, MultiScaleFusion, NoTargetHead, SegHead, VQAHead
+from langground.models.heads import BoxHead, MultiScaleFusion, NoTargetHead, SegHead, TextGate, VQAHead
 from langground.models.text_encoders import build_text_encoder, words_to_columns
 from langground.registry import register_model
 from langground.types import TASKS, TextBatch
@@ -72,6 +72,7 @@ class LaConvNetConfig:
     block: str = "laconv"  # "laconv" | "film" | "qghc"
     attn_min_dim: int = 128  # attention width of a stage = max(width, attn_min_dim)
     num_heads: int = 8
+    attn_qk_norm: bool = False  # cosine attention with a learned temperature (trains faster from scratch)
     kernel_dropout: float = 0.1
     interleaved_groups: bool = False  # channel c uses kernel group c % g (the authors' CUDA kernel)
     mlp_ratio: int = 4
@@ -87,6 +88,7 @@ class LaConvNetConfig:
     # heads
     neck_dim: int = 288
     neck_depth: int = 1
+    neck_text_gate: bool = False  # MCN-style fusion [54]: C3..C5 times a projection of the expression
     det_stride: int = 32
     det_convs: int = 2
     seg_dim: int = 128
@@ -154,6 +156,7 @@ class LaConvBackbone(nn.Module):
                     attn_dim=_attn_dim(d, cfg.attn_min_dim, cfg.num_heads),
                     num_heads=cfg.num_heads,
                     language_only=cfg.language_only,
+                    qk_norm=cfg.attn_qk_norm,
                 )
             self.stages.append(
                 nn.ModuleList([block_cls(d, text_dim, **kwargs) for _ in range(cfg.depths[i])])
@@ -212,6 +215,8 @@ class LaConvNet(GroundingModel):
                 (dims[2], dims[3], dims[4]), cfg.neck_dim, cfg.det_stride, cfg.neck_depth, cfg.act
             )
             self.box_head = BoxHead(cfg.neck_dim, cfg.neck_dim, cfg.det_convs, act=cfg.act)
+            if cfg.neck_text_gate:
+                self.text_gate = TextGate((dims[2], dims[3], dims[4]), cfg.text_dim)
         if cfg.task in ("res", "gres"):
             self.seg_head = SegHead((dims[1], dims[2], dims[3], dims[4]), cfg.seg_dim, act=cfg.act)
         if cfg.task in ("gref", "gres"):
@@ -226,7 +231,10 @@ class LaConvNet(GroundingModel):
         out: dict[str, Any] = {}
         aux: dict[str, Any] = {}
         if self.task in ("rec", "gref"):
-            det = self.box_head(self.neck(feats[2:]))
+            scales = feats[2:]
+            if self.config.neck_text_gate:
+                scales = self.text_gate(scales, txt.tokens.to(images.dtype), txt.mask)
+            det = self.box_head(self.neck(scales))
             logits, box_set = det["logits"], det["box_set"]
             best = logits.argmax(dim=1)
             out["pred_boxes"] = box_set[torch.arange(box_set.shape[0], device=best.device), best]
