@@ -6,7 +6,7 @@ import typer
 
 app = typer.Typer(
     name="langground",
-    help="Language-guided visual grounding: data, train, eval, predict, bench, export.",
+    help="Language-guided visual grounding: data, train, eval, predict, bench.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
