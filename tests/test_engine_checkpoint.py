@@ -15,19 +15,9 @@ from langground.engine import checkpoint as ckpt_io
 from langground.engine.builders import build_model
 from langground.errors import CheckpointError
 from langground.text.vocab import Vocabulary
+from tiny_config import TINY_MODEL
 
-TINY = [
-    "transforms.input_size=64",
-    "model.kwargs.dims=[8, 16, 16, 32, 32]",
-    "model.kwargs.groups=[2, 2, 2, 2, 2]",
-    "model.kwargs.word_dim=16",
-    "model.kwargs.text_dim=32",
-    "model.kwargs.text_ffn=32",
-    "model.kwargs.text_heads=2",
-    "model.kwargs.num_heads=2",
-    "model.kwargs.attn_min_dim=16",
-    "model.kwargs.neck_dim=16",
-]
+TINY = [*TINY_MODEL]
 
 
 def digest(path: Path) -> dict[str, str]:

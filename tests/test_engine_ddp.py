@@ -16,38 +16,15 @@ from torch.utils.data import DistributedSampler
 from langground.data.synthetic import SynthConfig, generate_world
 from langground.engine import checkpoint as ckpt_io
 from langground.engine.logging import read_jsonl
+from tiny_config import TINY_MODEL, TINY_RUN
 
 TINY = [
-    "transforms.input_size=64",
-    "model.kwargs.dims=[8, 16, 16, 32, 32]",
-    "model.kwargs.groups=[2, 2, 2, 2, 2]",
-    "model.kwargs.word_dim=16",
-    "model.kwargs.text_dim=32",
-    "model.kwargs.text_ffn=32",
-    "model.kwargs.text_heads=2",
-    "model.kwargs.num_heads=2",
-    "model.kwargs.attn_min_dim=16",
-    "model.kwargs.neck_dim=16",
-    "run.device=cpu",
-    # the demo preset's speed recipe off: tests pin exact fp32 numerics and plain epochs
-    "run.amp=none",
-    "run.max_steps=null",
-    "run.max_minutes=null",
-    "run.curriculum_epochs=0",
-    "run.num_workers=0",
-    "run.num_threads=1",
-    "run.tensorboard=false",
-    "run.progress=false",
-    "run.batch_size=4",
-    "run.log_every=1",
-    "run.eval_interval=0",
-    "run.save_interval=0",
+    *TINY_MODEL,
+    *TINY_RUN,
     "run.save_steps=2",
     "run.max_steps=4",
     "run.seed=5",
     "data.train_limit=16",  # 8 samples per rank: 2 steps per epoch, so 4 steps are 2 epochs
-    "data.eval_limit=6",
-    "data.test_splits=[]",
 ]
 
 # Each rank runs the Trainer and reports what it saw: its local losses, the sampler's epochs and order,
