@@ -148,10 +148,13 @@ class RecordDataset(Sequence[GroundingRecord]):
         raise NotImplementedError
 
     # -- extras -----------------------------------------------------------------------------------
+    #: Layouts that index several splits at once set this to the names present.
+    split_names: list[str] | None = None
+
     @property
     def splits(self) -> tuple[str, ...]:
         """The splits present in this index."""
-        return (self.split,)
+        return tuple(self.split_names) if self.split_names is not None else (self.split,)
 
     def annotation_areas(self) -> Iterator[tuple[str, float, Callable[[], int]]]:
         """``(annotation id, stored area, decoded-area function)`` for layouts that store areas."""

@@ -163,10 +163,6 @@ class QuestionsDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.qids)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
         split = self.split_names[int(self.qsplit[i])]
         path = self._image_path(split, self.image_files[i])

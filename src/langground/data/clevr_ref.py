@@ -96,10 +96,6 @@ class ClevrRefDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.rids)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _scene(self, split: str, index: int, rid: int) -> Any:
         scene = self.scenes.get((split, index))
         if scene is None:

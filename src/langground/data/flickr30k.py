@@ -138,10 +138,6 @@ class Flickr30kDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.rows["image"])
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
         r = self.rows
         image_id, split, size, sentences = self.images[r["image"][i]]

@@ -75,7 +75,9 @@ def load_image(path: str | Path, record: str = "") -> Image.Image:
         raise DataError(f"{path}: image not found{where}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         reason = _one_line(e).replace(f" '{path}'", "").replace(str(path), "the file")  # named once
-        raise DataError(f"{path}: image fails to decode{where}: {reason}; expected a JPEG/PNG image") from None
+        raise DataError(
+            f"{path}: image fails to decode{where}: {reason}; expected a JPEG/PNG image"
+        ) from None
 
 
 def verify_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> str | None:

@@ -83,10 +83,6 @@ class MdetrDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
         split, eid, image_id, fname, h, w, caption, extra = self.entries[i]
         path = self.image_dir / fname

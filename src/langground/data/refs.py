@@ -244,10 +244,6 @@ class RefsDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.sent_ids)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _file_name(self, image_id: int) -> str:
         entry = self.coco.images.get(image_id)
         if entry is not None and entry[0]:

@@ -79,10 +79,6 @@ class SimRECDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.rows["text"])
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _mask_path(self, i: int) -> Path | None:
         mid = self.rows["mask_id"][i]
         return None if self.mask_dir is None or mid is None else self.mask_dir / f"{mid}.npy"

@@ -113,10 +113,6 @@ class TransVGDataset(RecordDataset):
     def __len__(self) -> int:
         return len(self.rows["image"])
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self.split_names)
-
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
         r = self.rows
         sid = r["id"][i]
