@@ -138,8 +138,8 @@ def test_keyboard_interrupt_inside_a_step_saves_the_previous_one_and_resumes_exa
     real = builders.build_criterion
     calls = {"n": 0}
 
-    def interrupting(config):
-        criterion = real(config)
+    def interrupting(config, model=None):
+        criterion = real(config, model)
 
         def forward(outputs, targets):
             calls["n"] += 1
@@ -177,8 +177,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world, tmp_pa
     real = builders.build_criterion
     calls = {"n": 0}
 
-    def poisoned(config):
-        criterion = real(config)
+    def poisoned(config, model=None):
+        criterion = real(config, model)
 
         def forward(outputs, targets):
             calls["n"] += 1
@@ -247,7 +247,7 @@ SGD = [
 def _grads(model: nn.Module, criterion: nn.Module, batches: list, scale: float) -> dict[str, torch.Tensor]:
     model = copy.deepcopy(model).train()
     for b in batches:
-        (criterion(model(b.images, b.text), b.targets)["loss"] * scale).backward()
+        (criterion(model(**b.model_inputs()), b.targets)["loss"] * scale).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -263,7 +263,7 @@ def test_gradient_accumulation_averages_the_micro_batches(world, tmp_path):
     micro = [next(batches), next(batches)]  # what the first optimiser step sees
     assert {r.sample_id for r in micro[0].records}.isdisjoint(r.sample_id for r in micro[1].records)
     with torch.no_grad():
-        losses = [float(trainer.criterion(start.train()(b.images, b.text), b.targets)["loss"]) for b in micro]
+        losses = [float(trainer.criterion(start.train()(**b.model_inputs()), b.targets)["loss"]) for b in micro]
     both = _grads(start, trainer.criterion, micro, 0.5)
     last_only = _grads(start, trainer.criterion, micro[1:], 1.0)
     try:
@@ -331,7 +331,7 @@ def test_ema_weights_are_what_is_saved_and_evaluated(world, tmp_path):
 
 
 def test_best_checkpoint_tracks_the_best_validation(world, tmp_path, monkeypatch):
-    import langground.engine.train as train_module
+    import langground.engine.callbacks as callbacks_module
 
     scores = [0.2, 0.5, 0.3, 0.4]
     seen: list[tuple[str, dict]] = []
@@ -341,7 +341,7 @@ def test_best_checkpoint_tracks_the_best_validation(world, tmp_path, monkeypatch
         value = scores[len(seen) - 1] if len(seen) <= len(scores) else 0.0
         return EvalResult({"rec/prec@0.5": value, "rec/count": 6.0}, "rec", split=records.split)
 
-    monkeypatch.setattr(train_module, "evaluate_model", scripted)
+    monkeypatch.setattr(callbacks_module, "evaluate_model", scripted)
     cfg = tiny(world, "run.max_steps=4", "run.eval_steps=1", "run.ema=false", "data.test_splits=[testA]")
     weights: list[dict] = []
     hooks = TrainHooks(after_step=lambda s, v: weights.append(copy.deepcopy(trainer.model.state_dict())))

@@ -12,7 +12,7 @@ from langground.losses import build_criterion
 from langground.models import laconvnet as laconvnet_module
 from langground.models.laconvnet import LaConvNet
 from langground.registry import create_model
-from langground.types import TASKS, Targets, TextBatch
+from langground.types import Targets, TextBatch
 
 
 def _text(ids):
@@ -170,7 +170,7 @@ def test_ablation_builds_runs_and_trains_on_every_task(ablation):
         torch.zeros(2, dtype=torch.bool),
         torch.tensor([1, 3]),
     )
-    for task in TASKS:
+    for task in LaConvNet.supported_tasks:
         torch.manual_seed(0)
         m = create_model(
             "laconvnet_t", task=task, vocab_size=10, num_answers=4, input_size=64, **ABLATIONS[ablation]

@@ -134,8 +134,8 @@ def test_rec_objectness_is_a_softmax_over_cells_and_gref_keeps_bce():
     out = _dense_outputs(b=1)
     gt = torch.tensor([[0.5, 0.5, 0.9, 0.9]])
     targets = Targets([gt], None, torch.zeros(1, dtype=torch.bool), torch.full((1,), -1))
-    assert build_criterion("rec").objectness == "softmax"
-    assert build_criterion("gref").objectness == "bce"
+    assert build_criterion("rec").options["objectness"] == "softmax"
+    assert build_criterion("gref").options["objectness"] == "bce"
     rec = build_criterion("rec")(out, targets)["loss_obj"]
     assert rec.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(), rel=1e-6)
     bce = build_criterion("rec", objectness="bce")(out, targets)["loss_obj"]

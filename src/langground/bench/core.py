@@ -15,6 +15,7 @@ from langground.bench.measure import PeakRSS, measure_latency
 from langground.bench.optimize import DTYPES, bf16_supported, prepare_for_inference, prepare_inputs
 from langground.errors import LanggroundError
 from langground.registry import create_model, is_model, list_models
+from langground.tasks import get_task
 from langground.types import TextBatch
 
 #: The expression every benchmark reads (15 words: the authors' REC token limit).
@@ -119,7 +120,7 @@ def benchmark_model(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     kwargs = {"task": task, "input_size": size, "vocab_size": BENCH_VOCAB, **model_kwargs}
-    if task == "vqa":
+    if get_task(task).needs_answers:
         kwargs.setdefault("num_answers", BENCH_ANSWERS)
     model = create_model(name, **kwargs).eval()
     params = sum(p.numel() for p in model.parameters())

@@ -135,7 +135,7 @@ def predict(
         results = grounder.predict(pil, list(expressions), explain=explain, top_k=top_k)
     for w in caught:
         err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
-    vqa = grounder.task == "vqa"
+    vqa = "answer" in grounder.spec.heads
 
     if out is not None:
         if vqa:

@@ -6,6 +6,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from langground.data.base import RecordDataset
+from langground.tasks import get_task
 
 
 def dataset_stats(ds: RecordDataset, top_answers: int = 10) -> dict[str, Any]:
@@ -15,7 +16,7 @@ def dataset_stats(ds: RecordDataset, top_answers: int = 10) -> dict[str, Any]:
     ``multi_target`` (> 1 box), ``boxes`` and ``objects`` (distinct referred objects; for VQA the
     objects of the scenes asked about, when the layout knows them). ``families``: family -> split -> n.
     """
-    vqa = ds.task == "vqa"
+    vqa = get_task(ds.task).needs_answers
     unit = "questions" if vqa else "expressions"
     per: dict[str, dict[str, Any]] = defaultdict(
         lambda: {

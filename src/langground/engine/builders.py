@@ -20,20 +20,9 @@ from torch.utils.data import DataLoader
 
 from langground.config import Config, DataConfig, RunConfig
 from langground.errors import DataError, LanggroundError
+from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
 from langground.types import GroundingRecord
-
-#: Metric families evaluated for a model trained on each task (a mask model is also scored on boxes:
-#: postprocess gives the mask's bounding box).
-EVAL_TASKS: dict[str, tuple[str, ...]] = {
-    "rec": ("rec",),
-    "res": ("res", "rec"),
-    "gref": ("gref",),
-    "gres": ("gres",),
-    "vqa": ("vqa",),
-}
-MASK_TASKS = ("res", "gres")
-
 
 # --------------------------------------------------------------------------------------------------
 # device and precision
@@ -197,7 +186,7 @@ def build_model(
         max_text_length=config.data.max_text_length,
         vocab_size=len(vocab),
     )
-    if config.model.task == "vqa":
+    if get_task(config.model.task).needs_answers:
         if not answers:
             raise LanggroundError("a VQA model needs its answer list (answers.json)")
         kwargs["num_answers"] = len(answers)
@@ -209,12 +198,14 @@ def build_model(
         raise LanggroundError(f"config model.kwargs of {name!r}: {str(e).splitlines()[0]}") from None
 
 
-def build_criterion(config: Config) -> nn.Module:
+def build_criterion(config: Config, model: nn.Module | None = None) -> nn.Module:
+    """The task's criterion with ``config.loss`` weights/options, plus the model's own loss terms and
+    loss modules (``model.loss_weights``, ``model.build_loss_modules()``)."""
     from langground.losses import build_criterion as _build
 
     try:
-        return _build(config.model.task, **config.loss)
-    except ValueError as e:  # an unknown loss weight
+        return _build(config.model.task, model=model, **config.loss)
+    except ValueError as e:  # an unknown loss weight or option
         raise LanggroundError(f"config loss: {e}") from None
 
 
@@ -252,7 +243,7 @@ def build_dataset(
     from langground.data.torch_dataset import GroundingTorchDataset
     from langground.data.transforms import build_transforms
 
-    load_masks = train and config.model.task in MASK_TASKS
+    load_masks = train and get_task(config.model.task).needs_masks
     return GroundingTorchDataset(
         records,
         build_transforms(config.transforms, train=train),
@@ -292,3 +283,17 @@ def make_loader(
         persistent_workers=persistent and workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# curriculum
+
+
+def item_lengths(records: Sequence[GroundingRecord], dataset: Any) -> list[int]:
+    """Length of each item of the training ``dataset``, for the length curriculum:
+    ``dataset.item_lengths()`` when it defines one (an item may hold every expression of one image:
+    ``data.group_by_image``), else the word count of each record's text (one item per record)."""
+    own = getattr(dataset, "item_lengths", None)
+    if callable(own):
+        return [int(n) for n in own()]
+    return [len(records[i].text.split()) for i in range(len(records))]

@@ -24,8 +24,6 @@ from torch import nn
 from langground.config import Config
 from langground.engine import distributed as D
 from langground.engine.builders import (
-    EVAL_TASKS,
-    MASK_TASKS,
     Precision,
     RecordSubset,
     autocast,
@@ -36,9 +34,10 @@ from langground.engine.builders import (
     resolve_precision,
     worker_errors,
 )
-from langground.engine.metrics import PRIMARY_METRIC, Evaluator, MetricsConfig, format_table
+from langground.engine.metrics import Evaluator, MetricsConfig, format_table
 from langground.errors import LanggroundError
 from langground.postprocess import postprocess
+from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
 from langground.types import GroundingRecord, Prediction
 
@@ -57,7 +56,7 @@ class EvalResult:
 
     @property
     def main_metric(self) -> str:
-        return PRIMARY_METRIC[self.task]
+        return get_task(self.task).primary_metric
 
     @property
     def main_value(self) -> float | None:
@@ -82,16 +81,11 @@ class EvalResult:
 
 
 def metrics_config(config: Config, records: Any = None) -> MetricsConfig:
-    """Metric settings: thresholds that agree with the postprocess of the same config, ``config.eval``,
-    and the box protocol of the dataset (``records.protocol.box_match``) unless the config sets one."""
-    protocol = getattr(records, "protocol", None)
-    box_match = config.eval.box_match or ("any" if getattr(protocol, "box_match", "") == "any" else "merged")
-    return MetricsConfig(
-        no_target_threshold=config.postprocess.no_target_threshold,
-        grec_score_threshold=config.postprocess.box_set_threshold,
-        min_mask_pixels=config.eval.min_mask_pixels,
-        rec_box_match=box_match,
-    )
+    """The benchmark's metric protocol: ``config.eval`` and the dataset's protocol
+    (``records.protocol``), never the postprocess thresholds (docs/metrics.md)."""
+    from langground.engine.metrics.protocol import metrics_config_for
+
+    return metrics_config_for(config.eval, getattr(records, "protocol", None))
 
 
 def _describe_protocol(records: Any, task: str) -> str | None:
@@ -129,6 +123,23 @@ def prediction_row(record: GroundingRecord, pred: Prediction) -> dict[str, Any]:
     return row
 
 
+def iterate_outputs(
+    model: nn.Module, loader: Any, device: torch.device, precision: Precision
+) -> Iterator[tuple[Any, dict[str, Any], list[GroundingRecord]]]:
+    """Batches of ``(batch, model outputs, full records)`` in evaluation mode, without gradients."""
+    base = getattr(getattr(loader, "dataset", None), "records", None)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(device)
+            with autocast(device, precision):
+                outputs = model(**batch.model_inputs())
+            # Full records (mask loaders included) from the dataset; the batch carries light copies.
+            indices = batch.indices
+            full = base is not None and len(indices) == len(batch.records) and min(indices, default=0) >= 0
+            yield batch, outputs, [base[i] for i in indices] if full else batch.records
+
+
 def iterate_predictions(
     model: nn.Module,
     loader: Any,
@@ -138,29 +149,19 @@ def iterate_predictions(
     precision: Precision,
 ) -> Iterator[tuple[list[GroundingRecord], list[Prediction]]]:
     """Batches of ``(records, predictions in original pixels)``."""
-    task = config.model.task
-    base = getattr(getattr(loader, "dataset", None), "records", None)
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            batch = batch.to(device)
-            with autocast(device, precision):
-                outputs = model(batch.images, batch.text)
-            preds = postprocess(
-                outputs,
-                batch.transforms,
-                [r.image_size for r in batch.records],
-                task,
-                canvas_size=config.transforms.input_size,
-                answer_vocab=answers,
-                config=config.postprocess,
-                with_masks=task in MASK_TASKS,
-            )
-            # Full records (mask loaders included) from the dataset; the batch carries light copies.
-            indices = batch.indices
-            full = base is not None and len(indices) == len(batch.records) and min(indices, default=0) >= 0
-            records = [base[i] for i in indices] if full else batch.records
-            yield records, preds
+    task = get_task(config.model.task)
+    for batch, outputs, records in iterate_outputs(model, loader, device, precision):
+        preds = postprocess(
+            outputs,
+            batch.transforms,
+            [r.image_size for r in batch.records],
+            task,
+            canvas_size=config.transforms.input_size,
+            answer_vocab=answers,
+            config=config.postprocess,
+            with_masks=task.decodes_masks,
+        )
+        yield records, preds
 
 
 def evaluate_model(
@@ -182,7 +183,7 @@ def evaluate_model(
     merged metrics; predictions are written (by rank 0, gathered from all ranks) when asked."""
     info = D.current()
     precision = precision or Precision(None, False)
-    task = config.model.task
+    task = get_task(config.model.task)
     t0 = time.perf_counter()
     shard = RecordSubset(records, D.shard_indices(len(records), info))
     run = config.run
@@ -193,7 +194,16 @@ def evaluate_model(
         run,
         batch_size=batch_size or run.eval_batch_size or 2 * run.batch_size,
     )
-    evaluator = Evaluator(EVAL_TASKS[task], metrics_config(config, records))
+    metric_settings = metrics_config(config, records)
+    scorer = task.output_scorer(metric_settings)
+    if scorer is not None:  # scored over the whole split (retrieval): raw outputs, no per-sample predictions
+        for batch, outputs, batch_records in iterate_outputs(model, loader, device, precision):
+            scorer.update(batch_records, outputs, batch.text.image_index)
+        total = task.output_scorer(metric_settings)
+        for state in D.all_gather_object(scorer.state_dict()):
+            total.merge(state)
+        return _result(total.compute(), task.name, records, config, t0)
+    evaluator = Evaluator(task.metrics, metric_settings)
     rows: list[dict[str, Any]] = []
     kept: list[tuple[GroundingRecord, Prediction]] = []
     bar = None
@@ -215,7 +225,7 @@ def evaluate_model(
     finally:
         if bar is not None:
             bar.stop()
-    total = Evaluator(EVAL_TASKS[task], metrics_config(config, records))
+    total = Evaluator(task.metrics, metric_settings)
     for state in D.all_gather_object(evaluator.state_dict()):
         total.merge(state)
     if save_predictions is not None:
@@ -225,14 +235,25 @@ def evaluate_model(
             # Shards are strided (rank r holds records r, r + W, ...): interleave back to record order.
             ordered = [row for i in range(len(records)) if (row := next(by_rank[i % info.world_size], None))]
             write_jsonl_atomic(Path(save_predictions), ordered)
+    return _result(total.compute(), task.name, records, config, t0, kept)
+
+
+def _result(
+    metrics: dict[str, float],
+    task: str,
+    records: Any,
+    config: Config,
+    t0: float,
+    examples: list[tuple[GroundingRecord, Prediction]] | None = None,
+) -> EvalResult:
     return EvalResult(
-        metrics=total.compute(),
+        metrics=metrics,
         task=task,
         dataset=str(getattr(records, "name", config.data.dataset)),
         split=str(getattr(records, "split", "")),
         protocol=_describe_protocol(records, task),
         seconds=time.perf_counter() - t0,
-        examples=kept,
+        examples=examples or [],
     )
 
 

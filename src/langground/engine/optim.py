@@ -1,46 +1,104 @@
 """Optimiser and learning-rate schedule from the config (torch.optim underneath).
 
+Parameter groups (``optim.groups``): each trainable parameter joins the first group one of whose ``fnmatch``
+patterns matches its name, the rest form the default group (``optim.lr``, ``optim.weight_decay``). LADS,
+RefTR and TransVG train the backbone and text encoder at 1e-5 and the rest at 1e-4. Every group is split
+into a decayed half and a ``/no_decay`` half (biases, norm layers, embeddings; ``no_decay_norm_bias``)
+when its weight decay is not 0. Each torch group carries a ``"name"`` (``default``, ``backbone``,
+``backbone/no_decay``, ...); the default group comes first, so ``param_groups[0]`` is the base lr.
+
 The schedule is a ``LambdaLR`` stepped once per optimiser step: linear warm-up from
 ``warmup_start * lr`` over ``warmup_epochs``, then cosine decay to ``min_lr_ratio * lr`` at the last step,
-step decay by ``gamma`` at ``milestones`` (epochs), or constant. LaConvNet (§5.2): Adam, lr 1e-4,
-3 warm-up epochs of 25, cosine decay.
+step decay by ``gamma`` at ``milestones`` (epochs), or constant. It scales every group's own base lr by
+the same factor. LaConvNet (§5.2): Adam, lr 1e-4, 3 warm-up epochs of 25, cosine decay.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from langground.config import OptimConfig, ScheduleConfig
+from langground.config import OptimConfig, ParamGroupConfig, ScheduleConfig
+from langground.errors import LanggroundError
+
+__all__ = ["build_optimizer", "build_scheduler", "group_lrs", "lr_factor", "param_groups"]
 
 _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
+_SHOWN = 4  # parameter names quoted in an error
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
-    """Two groups: decayed weights and (optionally) biases / norm / embedding parameters without decay."""
-    if weight_decay == 0 or not no_decay_norm_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
+def _named_trainable(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter, bool]], list[str]]:
+    """``(name, parameter, exempt from decay)`` of every trainable parameter once, and every name."""
+    out, names, seen = [], [], set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # shared (tied) parameters: the first name, as model.named_parameters()
                 continue
             seen.add(id(p))
-            (
-                no_decay
-                if isinstance(module, _NO_DECAY_TYPES) or name.endswith("bias") or p.ndim <= 1
-                else decay
-            ).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            names.append(name)
+            if p.requires_grad:
+                exempt = isinstance(module, _NO_DECAY_TYPES) or p_name.endswith("bias") or p.ndim <= 1
+                out.append((name, p, exempt))
+    return out, names
+
+
+def _group_name(i: int, group: ParamGroupConfig, taken: set[str]) -> str:
+    """``backbone`` for ``[backbone.*]``, ``backbone+text_encoder`` for two patterns; ``group{i}`` else."""
+    name = getattr(group, "name", None) or "+".join(p.split("*")[0].rstrip(".") for p in group.params)
+    if not name or name in taken or name == "default":
+        name = f"group{i}"
+    taken.add(name)
+    return name
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """torch parameter groups: ``params``, ``lr``, ``weight_decay`` and ``name``; default group first."""
+    params, names = _named_trainable(model)
+    for i, group in enumerate(cfg.groups):
+        if not group.params:
+            raise LanggroundError(
+                f"optim.groups[{i}].params is empty; expected fnmatch patterns like backbone.*"
+            )
+        for pattern in group.params:
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise LanggroundError(
+                    f"optim.groups[{i}].params: {pattern!r} matches no parameter of the model; "
+                    f"parameters are named like {names[:_SHOWN]}"
+                )
+    taken: set[str] = set()
+    settings = [("default", cfg.lr, cfg.weight_decay)] + [
+        (
+            _group_name(i, g, taken),
+            g.lr if g.lr is not None else cfg.lr * g.lr_scale,
+            g.weight_decay if g.weight_decay is not None else cfg.weight_decay,
+        )
+        for i, g in enumerate(cfg.groups)
+    ]
+    members: list[list[tuple[nn.Parameter, bool]]] = [[] for _ in settings]
+    for name, p, exempt in params:
+        slot = next(
+            (i + 1 for i, g in enumerate(cfg.groups) if any(fnmatchcase(name, pt) for pt in g.params)), 0
+        )
+        members[slot].append((p, exempt))
+    groups = []
+    for (name, lr, wd), ps in zip(settings, members, strict=True):
+        split = wd != 0 and cfg.no_decay_norm_bias
+        decay = [p for p, exempt in ps if not (split and exempt)]
+        groups.append({"params": decay, "lr": lr, "weight_decay": wd, "name": name})
+        if split:
+            no_decay = [p for p, exempt in ps if exempt]
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}/no_decay"})
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    groups = param_groups(model, cfg)
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.name == "adamw":
@@ -48,6 +106,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current lr of each named group (a ``/no_decay`` half shares its group's lr), for logging."""
+    out: dict[str, float] = {}
+    for i, g in enumerate(optimizer.param_groups):
+        out.setdefault(str(g.get("name", f"group{i}")).split("/")[0], g["lr"])
+    return out
 
 
 def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:

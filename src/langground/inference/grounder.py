@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from langground.errors import LanggroundError
 from langground.inference.images import ImageInput, check_expressions, load_image
 from langground.postprocess import PostprocessConfig, postprocess, unletterbox_map
+from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
 from langground.types import Prediction
 
@@ -86,6 +87,7 @@ class Grounder:
         self.input_size = int(input_size)
         self.max_text_length = int(max_text_length)
         self.task = task
+        self.spec = get_task(task)
         self.answers = list(answers) if answers is not None else None
         self.postprocess_config = postprocess_config or PostprocessConfig()
         self.batch_size = max(1, int(batch_size))
@@ -276,7 +278,7 @@ class Grounder:
 
     def _shape(self, o: GroundingOutput, expression: str, explain: bool) -> Any:
         p = o.prediction
-        if self.task == "vqa":
+        if "answer" in self.spec.heads:
             answers = [{"answer": a, "score": s} for a, s in o.answers]
             if not explain:
                 return answers
@@ -289,9 +291,8 @@ class Grounder:
                 "mask": None if p.mask is None else Image.fromarray(p.mask.astype(np.uint8) * 255),
                 "no_target": p.no_target,
                 "expression": expression,
+                "boxes": boxes,  # every box, best first (several for generalized REC, none for no target)
             }
-            if self.task == "gref":
-                result["boxes"] = boxes
         if explain:
             result["words"] = o.words
             result["attention"] = o.attention

@@ -40,7 +40,8 @@ from langground.models.base import GroundingModel
 from langground.models.heads import BoxHead, MultiScaleFusion, NoTargetHead, SegHead, TextGate, VQAHead
 from langground.models.text_encoders import build_text_encoder, words_to_columns
 from langground.registry import register_model
-from langground.types import TASKS, TextBatch
+from langground.tasks import get_task
+from langground.types import TextBatch
 
 NUM_STAGES = 5
 # Input sides used in the paper (Sec. 5.2): REC 416, RES 320, VQA 224.
@@ -96,10 +97,9 @@ class LaConvNetConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise LanggroundError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
+        get_task(self.task)  # a one-line error for an unknown task
         if self.input_size is None:
-            self.input_size = PAPER_INPUT_SIZE[self.task]
+            self.input_size = PAPER_INPUT_SIZE.get(self.task, 416)
         for name in ("dims", "depths", "groups", "kernel_size", "packing"):
             value = getattr(self, name)
             values = [int(value)] * NUM_STAGES if isinstance(value, int) else [int(v) for v in value]
@@ -209,28 +209,30 @@ class LaConvNet(GroundingModel):
             freeze=cfg.freeze_text_encoder,
         )
         self.backbone = LaConvBackbone(cfg, cfg.text_dim)
-        dims = cfg.dims
-        if cfg.task in ("rec", "gref"):
+        dims, heads = cfg.dims, self.spec.heads
+        if "box" in heads:
             self.neck = MultiScaleFusion(
                 (dims[2], dims[3], dims[4]), cfg.neck_dim, cfg.det_stride, cfg.neck_depth, cfg.act
             )
             self.box_head = BoxHead(cfg.neck_dim, cfg.neck_dim, cfg.det_convs, act=cfg.act)
             if cfg.neck_text_gate:
                 self.text_gate = TextGate((dims[2], dims[3], dims[4]), cfg.text_dim)
-        if cfg.task in ("res", "gres"):
+        if "mask" in heads:
             self.seg_head = SegHead((dims[1], dims[2], dims[3], dims[4]), cfg.seg_dim, act=cfg.act)
-        if cfg.task in ("gref", "gres"):
+        if "no_target" in heads:
             self.no_target_head = NoTargetHead(dims[4], cfg.text_dim, min(cfg.head_hidden, 256), cfg.dropout)
-        if cfg.task == "vqa":
+        if "answer" in heads:
             self.vqa_head = VQAHead(dims[4], cfg.text_dim, cfg.num_answers, cfg.head_hidden, cfg.dropout)
 
-    def forward_unchecked(self, images: Tensor, text: TextBatch) -> dict[str, Any]:
+    def forward_unchecked(self, images: Tensor, text: TextBatch, **queries: Any) -> dict[str, Any]:
         txt = self.text_encoder(text)
-        images = images.to(self.backbone.stem.conv.weight.dtype)
+        # The expression drives every convolution: each row needs its own pass over its image.
+        images = text.images_per_text(images).to(self.backbone.stem.conv.weight.dtype)
+        heads = self.spec.heads
         feats, maps = self.backbone(images, txt.tokens.to(images.dtype), txt.mask)
         out: dict[str, Any] = {}
         aux: dict[str, Any] = {}
-        if self.task in ("rec", "gref"):
+        if "box" in heads:
             scales = feats[2:]
             if self.config.neck_text_gate:
                 scales = self.text_gate(scales, txt.tokens.to(images.dtype), txt.mask)
@@ -242,11 +244,11 @@ class LaConvNet(GroundingModel):
             out["pred_box_set"] = box_set
             out["pred_box_logits"] = logits
             aux["cell_centers"], aux["cell_size"] = det["centers"], det["cell"]
-        if self.task in ("res", "gres"):
+        if "mask" in heads:
             out["pred_masks"] = self.seg_head(feats[1:])
-        if self.task in ("gref", "gres"):
+        if "no_target" in heads:
             out["pred_no_target"] = self.no_target_head(feats[-1], txt.tokens, txt.mask)
-        if self.task == "vqa":
+        if "answer" in heads:
             out["pred_answer"] = self.vqa_head(feats[-1], txt.tokens, txt.mask)
         num_words = text.token_ids.shape[1]
         aux["attention"] = {

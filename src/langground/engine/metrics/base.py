@@ -24,7 +24,7 @@ import numpy as np
 
 from langground.types import GroundingRecord, Prediction
 
-__all__ = ["ExactSum", "MetricAccumulator", "SampleStats", "at_least"]
+__all__ = ["ExactSum", "Metric", "MetricAccumulator", "SampleStats", "at_least"]
 
 #: Raw per-sample numbers: ints (counts, pixels) stay exact ints, floats go to an :class:`ExactSum`.
 SampleStats = dict[str, int | float]
@@ -100,7 +100,41 @@ def _accumulate(sums: dict[str, int | ExactSum], key: str, v: int | float | Exac
         cur.add(v)
 
 
-class MetricAccumulator(ABC):
+class Metric(ABC):
+    """What the :class:`~langground.engine.metrics.Evaluator` needs of any metric family.
+
+    :class:`MetricAccumulator` (one ``(record, prediction)`` pair at a time) is one kind; a family fed
+    otherwise (e.g. :class:`~langground.engine.metrics.retrieval.RetrievalMetric`, fed a similarity
+    matrix) implements these five and its own ``update``. ``merge`` of the ranks' ``state_dict`` must
+    give exactly the single-process ``compute``.
+    """
+
+    #: the key prefix, e.g. ``"rec"``
+    prefix: ClassVar[str]
+    #: whether :meth:`Evaluator.update` should decode the ground-truth mask for this family
+    needs_gt_mask: ClassVar[bool] = False
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]:
+        """Flat ``{"<prefix>/<metric>": value}``; a metric with an empty denominator is left out."""
+
+    @abstractmethod
+    def reset(self) -> None: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`compute` needs, as plain picklable (and JSON-able) Python."""
+
+    @abstractmethod
+    def merge(self, other_state: Mapping[str, Any]) -> None:
+        """Add another instance's :meth:`state_dict` (e.g. from another rank) into this one."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.reset()
+        self.merge(state)
+
+
+class MetricAccumulator(Metric):
     """Running sums of one task's metric over a split, overall and per ``record.family``.
 
     Subclasses define :meth:`sample_stats` (one sample -> raw numbers, or ``None`` when the record
@@ -112,8 +146,6 @@ class MetricAccumulator(ABC):
     ``"<prefix>/count/family/<family>"``. All ratios are fractions in ``[0, 1]`` (tables show %).
     """
 
-    #: the key prefix, e.g. ``"rec"``
-    prefix: ClassVar[str]
     #: metrics also reported per family (a subclass may set it per instance, from its thresholds)
     family_metrics: tuple[str, ...] = ()
 
@@ -223,7 +255,3 @@ class MetricAccumulator(ABC):
                 _accumulate(
                     mine, key, ExactSum([float(x) for x in v]) if isinstance(v, list) else _as_number(v)
                 )
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.reset()
-        self.merge(state)

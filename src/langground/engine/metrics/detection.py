@@ -1,8 +1,10 @@
 """Box metrics: referring expression comprehension (REC) and generalized REC (gRefCOCO boxes, GREC).
 
 Boxes are absolute ``xyxy`` pixels of the ORIGINAL image, continuous coordinates, no +1
-(``langground.types``); IoU is :func:`langground.ops.boxes.box_iou`, computed in float64, 0 for
-boxes without area. Thresholds are inclusive: a hit is ``IoU >= t``.
+(``langground.types``); IoU is :func:`langground.ops.boxes.box_iou` and GIoU
+:func:`langground.ops.boxes.generalized_box_iou`, computed in float64, never NaN (0 for boxes
+without area). Thresholds are inclusive: a hit is ``IoU >= t``. docs/metrics.md compares each metric
+with the released script it follows.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from langground.engine.metrics.base import MetricAccumulator, SampleStats, at_least
-from langground.ops.boxes import box_iou, enclosing_box
+from langground.engine.metrics.base import MetricAccumulator, SampleStats
+from langground.ops.boxes import box_iou, enclosing_box, generalized_box_iou
 from langground.types import GroundingRecord, Prediction
 
-__all__ = ["GRECMetric", "RECMetric", "one_to_one_match"]
+__all__ = ["GREC_MATCHING", "GRECMetric", "RECMetric", "greedy_match", "one_to_one_match"]
 
 
 def _boxes(task: str, record: GroundingRecord, boxes: Any, what: str) -> np.ndarray:
@@ -43,6 +45,33 @@ def _scores(task: str, record: GroundingRecord, prediction: Prediction, k: int) 
 
 def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def _giou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return generalized_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def greedy_match(sim: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int]]:
+    """The gRefCOCO GREC script's matching (``mdetr/datasets/refexp.py``, ``RefExpEvaluator.summarize``).
+
+    At most ``min(rows, columns)`` times: take the largest entry of the whole matrix; stop if it is
+    ``< threshold`` (so a pair at exactly the threshold matches); else match that (row, column) and
+    set its row and column to 0 (the script zeroes them rather than removing them: the same thing
+    for any threshold > 0). Ties go to the first entry in row-major order (the script's
+    ``torch.topk(k=1)`` leaves them unspecified). Returns ``(row, column)`` pairs sorted by row.
+    """
+    sim = np.array(sim, dtype=np.float64)  # a copy: rows and columns are zeroed below
+    if sim.ndim != 2:
+        raise ValueError(f"sim: expected an (N, M) matrix, got shape {sim.shape}")
+    pairs = []
+    for _ in range(min(sim.shape)):
+        row, col = divmod(int(np.argmax(sim)), sim.shape[1])
+        if sim[row, col] < threshold:
+            break
+        pairs.append((row, col))
+        sim[row, :] = 0.0
+        sim[:, col] = 0.0
+    return sorted(pairs)
 
 
 def one_to_one_match(iou: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
@@ -144,21 +173,40 @@ class RECMetric(MetricAccumulator):
         return out
 
 
-class GRECMetric(MetricAccumulator):
-    """Generalized REC on gRefCOCO boxes: Precision@(F1=1, IoU>=0.5), N-acc, T-acc (ReLA / gRefCOCO).
+#: GREC matchings: the released gRefCOCO script's, or a maximum one-to-one matching on IoU.
+GREC_MATCHING = ("benchmark", "maximum")
 
-    Per sample: keep the predicted boxes with ``score >= score_threshold`` (0.7); none survive when
-    ``prediction.no_target >= no_target_threshold``. Match them one-to-one to the ground-truth boxes
-    at ``IoU >= iou_threshold`` (0.5) with :func:`one_to_one_match` (a maximum matching); then
-    ``TP`` = matched pairs, ``FP`` = unmatched predictions, ``FN`` = unmatched ground truths and
+
+def _benchmark_order(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Indices sorted as the script's ``sorted(zip(scores, boxes), reverse=True)``: by score, then by
+    x1, y1, x2, y2, all descending (np.lexsort's last key is the primary one)."""
+    keys = (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], scores.astype(np.float64))
+    return np.lexsort(keys)[::-1]
+
+
+class GRECMetric(MetricAccumulator):
+    """Generalized REC on gRefCOCO boxes: Precision@(F1=1, IoU>=0.5), N-acc, T-acc (GREC, He et al. 2023).
+
+    Per sample: keep the predicted boxes with ``score >= score_threshold`` (0.7), best first. The
+    metric scores the boxes it is given: ``prediction.no_target`` is NOT looked at (the released script
+    has no no-target head; ``langground.postprocess`` already returns no box when the head fires).
+    Match the kept boxes one-to-one to the ground-truth boxes:
+
+    - ``matching="benchmark"`` (default): exactly the released script (:func:`greedy_match` on the
+      pairwise **GIoU**, pairs at ``GIoU >= iou_threshold``).
+    - ``matching="maximum"``: a maximum matching on **IoU** at ``IoU >= iou_threshold``
+      (:func:`one_to_one_match`); never fewer pairs than the benchmark's (GIoU <= IoU, and greedy can
+      strand a box), so its numbers are an upper bound (docs/metrics.md measures the gap).
+
+    Then ``TP`` = matched pairs, ``FP`` = unmatched kept boxes, ``FN`` = unmatched ground truths and
     ``F1 = 2TP / (2TP + FP + FN)``. A target sample is correct only when ``F1 = 1`` (every referent
     found, no extra box); a no-target sample (``record.no_target`` or no ground-truth box) is
-    correct when no box survives.
+    correct when no box is kept.
 
-    - ``grec/prec@f1``: correct samples / all samples.
-    - ``grec/n_acc``: no-target samples with no surviving box / no-target samples.
-    - ``grec/t_acc``: target samples with at least one surviving box / target samples.
-    - ``grec/f1``: mean per-sample F1 (no-target: 1 if correct, else 0) -- a softer companion number.
+    - ``grec/prec@f1``: correct samples / all samples (the script's ``F1_score``).
+    - ``grec/n_acc``: no-target samples with no kept box / no-target samples.
+    - ``grec/t_acc``: target samples with at least one kept box / target samples.
+    - ``grec/f1``: mean per-sample F1 (no-target: 1 if correct, else 0) -- ours, a softer companion.
 
     VQA records (``record.answer`` set) are skipped.
     """
@@ -170,33 +218,42 @@ class GRECMetric(MetricAccumulator):
         self,
         score_threshold: float = 0.7,
         iou_threshold: float = 0.5,
-        no_target_threshold: float = 0.5,
+        matching: str = "benchmark",
         by_family: bool = True,
     ) -> None:
         super().__init__(by_family)
+        if matching not in GREC_MATCHING:
+            raise ValueError(f"grec matching {matching!r}: expected one of {', '.join(GREC_MATCHING)}")
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
-        self.no_target_threshold = float(no_target_threshold)
+        self.matching = matching
 
     def config(self) -> dict[str, Any]:
         return {
             "score_threshold": self.score_threshold,
             "iou_threshold": self.iou_threshold,
-            "no_target_threshold": self.no_target_threshold,
+            "matching": self.matching,
         }
+
+    def _true_positives(self, pred: np.ndarray, scores: np.ndarray, gt: np.ndarray) -> int:
+        if self.matching == "benchmark":
+            return len(
+                greedy_match(_giou_matrix(pred[_benchmark_order(pred, scores)], gt), self.iou_threshold)
+            )
+        # Rows in score order, so that equally large matchings prefer confident boxes.
+        order = np.argsort(-scores, kind="stable")
+        return len(one_to_one_match(_iou_matrix(pred[order], gt), self.iou_threshold))
 
     def sample_stats(
         self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
     ) -> SampleStats | None:
-        if record.answer is not None:
+        if record.answer is not None or record.answers:
             return None
         gt = _boxes("grec", record, record.boxes, "record.boxes")
         pred = _boxes("grec", record, prediction.boxes, "prediction.boxes")
         scores = _scores("grec", record, prediction, pred.shape[0])
-        order = np.argsort(-scores, kind="stable")
-        pred = pred[order[scores[order] >= scores.dtype.type(self.score_threshold)]]
-        if prediction.no_target is not None and at_least(prediction.no_target, self.no_target_threshold):
-            pred = pred[:0]
+        keep = scores >= scores.dtype.type(self.score_threshold)  # in the scores' precision: see at_least
+        pred, scores = pred[keep], scores[keep]
         m = pred.shape[0]
         if record.no_target or gt.shape[0] == 0:
             correct = int(m == 0)
@@ -207,7 +264,7 @@ class GRECMetric(MetricAccumulator):
                 "nt_total": 1,
                 "nt_correct": correct,
             }
-        tp = len(one_to_one_match(_iou_matrix(pred, gt), self.iou_threshold)) if m else 0
+        tp = self._true_positives(pred, scores, gt) if m else 0
         fp, fn = m - tp, gt.shape[0] - tp
         return {
             "count": 1,

@@ -15,7 +15,7 @@ import numpy as np
 from langground.engine.metrics.base import MetricAccumulator, SampleStats, at_least
 from langground.types import GroundingRecord, Prediction
 
-__all__ = ["GRESMetric", "RESMetric", "mask_inter_union", "predicts_no_target"]
+__all__ = ["NO_TARGET_RULES", "GRESMetric", "RESMetric", "mask_inter_union", "predicts_no_target"]
 
 
 def _fmt(t: float) -> str:
@@ -45,18 +45,34 @@ def mask_inter_union(pred: np.ndarray | None, gt: np.ndarray | None) -> tuple[in
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
 
 
-def predicts_no_target(prediction: Prediction, threshold: float = 0.5, min_mask_pixels: int = 1) -> bool:
-    """Whether a prediction says "nothing is referred to".
+#: How GRES decides that a prediction says "no target" (docs/metrics.md, "GRES").
+NO_TARGET_RULES = ("head", "min_pixels")
 
-    True when ``prediction.no_target >= threshold`` (the no-target head's probability) or when its
-    mask has fewer than ``min_mask_pixels`` foreground pixels (1: an empty mask; LaConvNet's Table 6,
-    following ReLA's setting, counts masks under 50 pixels as no-target).
+
+def predicts_no_target(
+    prediction: Prediction, rule: str = "head", threshold: float = 0.5, min_mask_pixels: int = 50
+) -> bool:
+    """Whether a prediction says "nothing is referred to", by one of :data:`NO_TARGET_RULES`.
+
+    - ``"head"`` (default; ReLA's released ``ReferEvaluator.process``, which takes the argmax of its
+      two-way ``nt_label``): ``prediction.no_target >= threshold``; the mask is not looked at. A
+      prediction without a no-target head (a mask-only model) says "no target" iff its mask is
+      empty (0 foreground pixels).
+    - ``"min_pixels"`` (LaConvNet Table 6, "output masks with less than 50 positive pixels are
+      regarded as non-target predictions"): fewer than ``min_mask_pixels`` foreground pixels, or the
+      head, when the prediction has one (Table 6's rows marked with the no-target classifier).
+
+    A prediction without a mask (a box-only model) says "no target" only through its head.
     """
-    if prediction.no_target is not None and at_least(prediction.no_target, threshold):
-        return True
-    if prediction.mask is None:
-        return False
-    return int(np.count_nonzero(prediction.mask)) < min_mask_pixels
+    if rule not in NO_TARGET_RULES:
+        raise ValueError(f"gres no-target rule {rule!r}: expected one of {', '.join(NO_TARGET_RULES)}")
+    head = prediction.no_target is not None and at_least(prediction.no_target, threshold)
+    if prediction.mask is None:  # a box-only model: only its head can say it
+        return head
+    pixels = int(np.count_nonzero(prediction.mask))
+    if rule == "head":
+        return head if prediction.no_target is not None else pixels == 0
+    return head or pixels < min_mask_pixels
 
 
 def _gt_mask(task: str, record: GroundingRecord, gt_mask: np.ndarray | None) -> np.ndarray | None:
@@ -105,6 +121,7 @@ class RESMetric(MetricAccumulator):
 
     prefix = "res"
     family_metrics = ("miou", "oiou")
+    needs_gt_mask = True
 
     def __init__(
         self, thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9), by_family: bool = True
@@ -118,7 +135,7 @@ class RESMetric(MetricAccumulator):
     def sample_stats(
         self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
     ) -> SampleStats | None:
-        if record.answer is not None:
+        if record.answer is not None or record.answers:
             return None
         gt = _gt_mask("res", record, gt_mask)
         inter, union = mask_inter_union(_pred_mask("res", record, prediction), gt)
@@ -139,56 +156,61 @@ class RESMetric(MetricAccumulator):
 
 
 class GRESMetric(MetricAccumulator):
-    """Generalized referring segmentation on gRefCOCO, as ReLA defines it (GRES, Liu, Ding & Jiang, CVPR 2023).
+    """Generalized referring segmentation on gRefCOCO, as ReLA's released evaluator scores it (GRES,
+    Liu, Ding & Jiang, CVPR 2023; ``gres_model/evaluation/refer_evaluation.py``, ``ReferEvaluator``).
 
-    A sample is *no-target* when ``record.no_target`` is set or its ground-truth mask is empty
-    (the two agree on gRefCOCO). A prediction is *empty* when :func:`predicts_no_target` says so
-    (``prediction.no_target >= no_target_threshold`` or fewer than ``min_mask_pixels`` pixels); an
-    empty prediction is scored as the empty mask.
+    A sample is *no-target* when ``record.no_target`` is set or its ground-truth mask is empty (the
+    two agree on gRefCOCO). Whether the prediction says "no target" (``NT``) is decided by
+    :func:`predicts_no_target` under ``no_target_rule`` (``head`` by default). ``I`` and ``U`` are
+    the pixel counts of the predicted mask AS GIVEN (none = empty) against the ground truth; then,
+    as in ReLA's ``evaluate``:
 
-    Per sample (``P`` = predicted mask, ``G`` = ground truth):
+    ===============================  ==================  ===========  ==========
+    case                             adds to (ΣI, ΣU)    gIoU term    accuracy
+    ===============================  ==================  ===========  ==========
+    no-target, NT                    (0, 0)              1            N-acc hit
+    no-target, not NT                (0, U = |P|)        0            N-acc miss
+    target, NT                       (0, U = |P ∪ G|)    0            T-acc miss
+    target, not NT                   (I, U)              I/U (0/0=0)  T-acc hit
+    ===============================  ==================  ===========  ==========
 
-    ==========================  ==================  ===========  ==========
-    case                        adds to (ΣI, ΣU)    gIoU term    accuracy
-    ==========================  ==================  ===========  ==========
-    no-target, predicted empty  (0, 0)              1            N-acc hit
-    no-target, predicted mask   (0, |P|)            0            N-acc miss
-    target, predicted empty     (0, |G|)            0            T-acc miss
-    target, predicted mask      (|P∩G|, |P∪G|)      I/U          T-acc hit
-    ==========================  ==================  ===========  ==========
+    (``langground.postprocess`` empties the mask when the head fires, so there ``U = |G|``.)
 
     - ``gres/ciou``: cumulative IoU ``ΣI / ΣU`` (left out when ΣU = 0, i.e. only correct no-targets).
     - ``gres/giou``: mean of the per-sample terms above over all samples.
-    - ``gres/n_acc``: correctly predicted no-target samples / no-target samples (ReLA's
-      ``TP / (TP + FN)`` with "positive = no target"; the brief's ``TN / (TN + FP)`` with
-      "positive = has a target" is the same number).
-    - ``gres/t_acc``: target samples with a non-empty prediction / target samples.
+    - ``gres/n_acc``: no-target samples predicted NT / no-target samples (ReLA ``TP / (TP + FN)``).
+    - ``gres/t_acc``: target samples not predicted NT / target samples (ReLA ``TN / (TN + FP)``).
     - ``gres/pr@t``: fraction of *target* samples with IoU >= t (ReLA reports t = 0.7, 0.8, 0.9).
 
-    One deliberate difference from ReLA's released script: there, a target sample whose no-target
-    head fires gets ``I = 0`` but ``U = |P ∪ G|`` of the raw mask; here the no-target decision *is*
-    the output, so ``U = |G|``. The two only differ when a model both says "no target" and draws a
-    mask. VQA records (``record.answer`` set) are skipped.
+    VQA records (``record.answer`` set) are skipped.
     """
 
     prefix = "gres"
     family_metrics = ("ciou", "giou", "n_acc", "t_acc")
+    needs_gt_mask = True
 
     def __init__(
         self,
         thresholds: Sequence[float] = (0.7, 0.8, 0.9),
         no_target_threshold: float = 0.5,
-        min_mask_pixels: int = 1,
+        min_mask_pixels: int = 50,
         by_family: bool = True,
+        no_target_rule: str = "head",
     ) -> None:
         super().__init__(by_family)
+        if no_target_rule not in NO_TARGET_RULES:
+            raise ValueError(
+                f"gres no-target rule {no_target_rule!r}: expected one of {', '.join(NO_TARGET_RULES)}"
+            )
         self.thresholds = _check_thresholds(thresholds, "gres")
         self.no_target_threshold = float(no_target_threshold)
         self.min_mask_pixels = int(min_mask_pixels)
+        self.no_target_rule = no_target_rule
 
     def config(self) -> dict[str, Any]:
         return {
             "thresholds": list(self.thresholds),
+            "no_target_rule": self.no_target_rule,
             "no_target_threshold": self.no_target_threshold,
             "min_mask_pixels": self.min_mask_pixels,
         }
@@ -196,25 +218,34 @@ class GRESMetric(MetricAccumulator):
     def sample_stats(
         self, record: GroundingRecord, prediction: Prediction, gt_mask: np.ndarray | None
     ) -> SampleStats | None:
-        if record.answer is not None:
+        if record.answer is not None or record.answers:
             return None
         gt = None if record.no_target else _gt_mask("gres", record, gt_mask)
         gt_empty = record.no_target or gt is None or not gt.any()
-        pred_empty = predicts_no_target(prediction, self.no_target_threshold, self.min_mask_pixels)
-        # A box-only model may still say "no target"; anything else needs a mask.
-        pred = None if pred_empty else _pred_mask("gres", record, prediction)
+        nt = predicts_no_target(
+            prediction, self.no_target_rule, self.no_target_threshold, self.min_mask_pixels
+        )
+        # Without a mask only a head that fires can answer (a box-only model saying "no target").
+        if prediction.mask is None and not nt:
+            raise ValueError(
+                f"gres: the prediction for sample {record.sample_id!r} has no mask and "
+                + ("no no-target probability" if prediction.no_target is None else "says there is a target")
+                + " (box-only model?)"
+            )
+        pred = None if prediction.mask is None else _pred_mask("gres", record, prediction)
         if gt is not None and pred is not None and pred.shape != gt.shape:
             raise ValueError(
                 f"gres: sample {record.sample_id!r}: predicted mask {pred.shape} vs ground truth {gt.shape}"
             )
+        inter, union = mask_inter_union(pred, None if gt_empty else gt)
         stats: SampleStats = {"count": 1, "nt_total": int(gt_empty), "t_total": int(not gt_empty)}
         if gt_empty:
-            inter, union = 0, (0 if pred is None else int(np.count_nonzero(pred)))
-            stats.update(inter=inter, union=union, iou=1.0 if pred_empty else 0.0, nt_correct=int(pred_empty))
+            stats.update(inter=0, union=0 if nt else union, iou=float(nt), nt_correct=int(nt))
             return stats
-        inter, union = mask_inter_union(pred, gt)
+        if nt:
+            inter = 0
         iou = inter / union if union > 0 else 0.0
-        stats.update(inter=inter, union=union, iou=iou, t_correct=int(not pred_empty))
+        stats.update(inter=inter, union=union, iou=iou, t_correct=int(not nt))
         stats.update({f"hit@{_fmt(t)}": int(iou >= t) for t in self.thresholds})
         return stats
 

@@ -1,0 +1,3 @@
+"""Importing this module registers the built-in tasks."""
+
+from langground.tasks import grounding, phrase, retrieval, vqa  # noqa: F401
