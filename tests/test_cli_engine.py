@@ -131,7 +131,7 @@ def test_resume_continues_a_run_from_the_command_line(cli, run_dir, tmp_path):
     [
         ("run.epoch=3", "--set run.epoch=3: unknown config key 'run.epoch' (did you mean 'epochs'?)"),
         ("run.batch_size=many", "config key 'run.batch_size' = 'many': expected int"),
-        ("loss.foo=1.0", "config loss: unknown loss weight(s) foo for task 'rec'"),
+        ("loss.foo=1.0", "config loss: unknown loss weight or option 'foo' for task 'rec'"),
         ("model.kwargs.wings=2", "unknown LaConvNet option(s) wings"),
         ("model.name=resnet", "config model.name='resnet': not a registered model"),
     ],

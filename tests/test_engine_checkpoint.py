@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from langground.config import load_preset
 from langground.engine import checkpoint as ckpt_io
 from langground.engine.builders import build_model
-from langground.errors import CheckpointError
+from langground.errors import CheckpointError, LanggroundError
 from langground.text.vocab import Vocabulary
 from tiny_config import TINY_MODEL
 
@@ -180,3 +180,69 @@ def test_glove_path_in_config_initialises_and_is_not_needed_to_reload(tmp_path):
     loaded = ckpt_io.load_checkpoint(ckpt)
     emb = next(m for m in loaded.model.modules() if isinstance(m, torch.nn.Embedding)).weight
     assert torch.equal(emb, table)
+
+
+class _Queue(torch.nn.Module):
+    """A loss module's state, like a momentum queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("queue", torch.zeros(3))
+
+
+def _train_state(info):
+    from langground.engine.train_state import TrainState
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return TrainState(model, optimizer, scheduler, scaler, _Queue(), None, info, 3, "rec/prec@0.5")
+
+
+def test_trainer_state_restores_each_rank_its_own_rng_and_criterion_state(tmp_path):
+    from langground.engine.distributed import DistInfo
+    from langground.engine.train_state import capture_rng
+
+    single = _train_state(DistInfo())
+    single.criterion.queue.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    single.progress.step, single.progress.best_value, single.progress.best_step = 5, 0.25, 3
+    state = single.state_dict()
+    ((name, saved),) = state["criterion"][0].items()
+    assert name == "queue" and torch.equal(saved, torch.tensor([1.0, 2.0, 3.0])) and len(state["rng"]) == 1
+    state["criterion"][0]["queue"].add_(1)  # a copy: the live buffer is not in the saved state
+    assert torch.equal(single.criterion.queue, torch.tensor([1.0, 2.0, 3.0]))
+
+    # as two ranks would have written it: rank 1 takes the second entry of each list
+    torch.manual_seed(1)
+    rng0 = capture_rng()
+    torch.manual_seed(2)
+    rng1 = capture_rng()
+    expected = torch.rand(4)
+    state.update(
+        world_size=2, rng=[rng0, rng1], criterion=[{"queue": torch.zeros(3)}, {"queue": torch.ones(3)}]
+    )
+    (tmp_path / "c").mkdir()
+    state["model"] = single.model.state_dict()
+    torch.save(state, tmp_path / "c" / ckpt_io.TRAINER_STATE)
+    rank1 = _train_state(DistInfo(rank=1, world_size=2))
+    rank1.load(tmp_path / "c")
+    assert torch.equal(rank1.criterion.queue, torch.ones(3))
+    assert torch.equal(torch.rand(4), expected)  # rank 1's RNG
+    p = rank1.progress
+    assert (p.step, p.best_value, p.best_step, p.last_checkpoint) == (5, 0.25, 3, tmp_path / "c")
+
+    # a checkpoint from before stateful criteria: the criterion keeps its own state
+    del state["criterion"]
+    torch.save(state, tmp_path / "c" / ckpt_io.TRAINER_STATE)
+    old = _train_state(DistInfo(rank=1, world_size=2))
+    old.criterion.queue.fill_(7.0)
+    old.load(tmp_path / "c")
+    assert torch.equal(old.criterion.queue, torch.full((3,), 7.0))
+
+    # another criterion: one line that names the checkpoint and the keys
+    state["criterion"] = [{"other": torch.zeros(1)}] * 2
+    torch.save(state, tmp_path / "c" / ckpt_io.TRAINER_STATE)
+    with pytest.raises(LanggroundError, match=r"c: cannot resume the loss state: .*queue") as info:
+        _train_state(DistInfo(rank=1, world_size=2)).load(tmp_path / "c")
+    assert "\n" not in str(info.value)

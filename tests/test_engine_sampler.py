@@ -47,3 +47,18 @@ def test_curriculum_resumes_mid_epoch_and_shards_disjointly():
         for r in (0, 1)
     ]
     assert sorted(shards[0] + shards[1]) == sorted(order(s, 0))  # the ranks split one epoch
+
+
+def test_item_lengths_come_from_the_dataset_when_it_has_them():
+    from types import SimpleNamespace
+
+    from langground.engine.builders import item_lengths
+
+    records = [SimpleNamespace(text=t) for t in ("the red cube", "a ball", "left  of   the  big one")]
+    assert item_lengths(records, object()) == [3, 2, 5]  # one item per record: its words
+
+    class Grouped:  # one item per image, holding several expressions
+        def item_lengths(self):
+            return [4, 1]
+
+    assert item_lengths(records, Grouped()) == [4, 1]

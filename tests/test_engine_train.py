@@ -263,7 +263,9 @@ def test_gradient_accumulation_averages_the_micro_batches(world, tmp_path):
     micro = [next(batches), next(batches)]  # what the first optimiser step sees
     assert {r.sample_id for r in micro[0].records}.isdisjoint(r.sample_id for r in micro[1].records)
     with torch.no_grad():
-        losses = [float(trainer.criterion(start.train()(**b.model_inputs()), b.targets)["loss"]) for b in micro]
+        losses = [
+            float(trainer.criterion(start.train()(**b.model_inputs()), b.targets)["loss"]) for b in micro
+        ]
     both = _grads(start, trainer.criterion, micro, 0.5)
     last_only = _grads(start, trainer.criterion, micro[1:], 1.0)
     try:

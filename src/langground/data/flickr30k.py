@@ -2,11 +2,21 @@
 
 A sentence line marks phrases as ``[/EN#<chain>/<type>[/<type>...] words]``; the XML (VOC-like,
 1-based pixel boxes) gives each chain zero or more boxes (one ``<object>`` may name several chains),
-or ``nobndbox`` / ``scene`` flags. Every phrase whose chain has boxes is one record, text = the phrase.
-Boxes follow the official ``flickr30k_entities_utils.get_annotations``: all four coordinates minus 1
-(so they equal the boxes in the TransVG/MDETR files). Two protocols:
+or ``nobndbox`` / ``scene`` flags. Boxes follow the official ``flickr30k_entities_utils.get_annotations``:
+all four coordinates minus 1 (so they equal the boxes in the TransVG/MDETR files). Two protocols:
 ``boxes="merged"`` (default; one union box, LaConvNet Sec. 5.1) and ``boxes="separate"`` (all boxes;
 a prediction that hits any of them is correct).
+
+``task`` picks the records (``open_kwargs: {task: phrase}``):
+- ``rec`` (default): every phrase whose chain has boxes is one record, text = the phrase;
+- ``phrase``: one record per caption, text = the plain caption, ``phrases`` = its phrases whose chain has
+  boxes (``span`` = character offsets in the caption, ``boxes`` merged or separate as above,
+  ``phrase_id`` = the chain, ``family`` = its first type). Phrases without a box (``scene``,
+  ``nobndbox``, ``notvisual``) are NOT queries, as in the rec mode and the benchmark's evaluation (only
+  phrases with boxes are scored); they are counted in ``skipped``. Captions with no such phrase are
+  skipped (``skipped["no_phrase_caption"]``);
+- ``retrieval``: one record per caption, every caption (five per image), phrases attached as for
+  ``phrase``.
 """
 
 from __future__ import annotations
@@ -26,29 +36,34 @@ from langground.data.base import (
     check_split,
     register_dataset,
 )
+from langground.data.captions import caption_protocol, distinct_boxes, union_box
 from langground.data.images import pick_image_dir
 from langground.data.protocols import FLICKR_MERGED, FLICKR_SEPARATE
 from langground.errors import DataError
-from langground.types import GroundingRecord
+from langground.types import GroundingRecord, Phrase
 
 _PHRASE = re.compile(r"\[/EN#(\d+)((?:/[^\s\]]+)*)\s+([^\]]*)\]")
 _IMAGE_DIRS = ("flickr30k_images", "flickr30k-images", "images", "../flickr30k_images", "../flickr30k-images")
+TASKS = ("rec", "phrase", "retrieval")
 
 
 def parse_sentence(line: str) -> tuple[str, list[dict[str, Any]]]:
-    """``(plain sentence, [{phrase, chain, types, first_word_index}])`` of one annotated line."""
+    """``(plain sentence, [{phrase, chain, types, first_word_index, span}])`` of one annotated line;
+    ``span`` = the phrase's ``(start, end)`` character offsets in the plain sentence."""
     phrases = []
     words: list[str] = []
     pos = 0
     for m in _PHRASE.finditer(line):
         words += line[pos : m.start()].split()
         phrase_words = m.group(3).split()
+        start = len(" ".join(words)) + (1 if words else 0)
         phrases.append(
             {
                 "phrase": " ".join(phrase_words),
                 "chain": m.group(1),
                 "types": [t for t in m.group(2).split("/") if t],
                 "first_word_index": len(words),
+                "span": (start, start + len(" ".join(phrase_words))),
             }
         )
         words += phrase_words
@@ -116,6 +131,8 @@ class Flickr30kDataset(RecordDataset):
         files: list[Path],
         skipped: dict[str, int],
         protocol: DatasetProtocol,
+        task: str = "rec",
+        captions: list[tuple[int, int, int, int]] | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -123,9 +140,11 @@ class Flickr30kDataset(RecordDataset):
             split=split,
             protocol=protocol,
             image_dirs=candidates,
-            task="rec",
+            task=task,
             files=files,
         )
+        # Caption modes: (image row, sentence index, first phrase row, end phrase row) per record.
+        self.captions = captions
         self.merged = merged
         self.rows = rows
         self.images = images  # (image id, split, (H, W), sentences)
@@ -136,14 +155,18 @@ class Flickr30kDataset(RecordDataset):
         self.split_names = sorted({im[1] for im in images}) or [split]
 
     def __len__(self) -> int:
-        return len(self.rows["image"])
+        return len(self.rows["image"]) if self.captions is None else len(self.captions)
+
+    def _boxes(self, i: int) -> np.ndarray:
+        boxes = self.box_flat[self.box_off[i] : self.box_off[i + 1]]
+        return (union_box(boxes) if self.merged else boxes).astype(np.float32, copy=True)
 
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
+        if self.captions is not None:
+            return self._caption(i)
         r = self.rows
         image_id, split, size, sentences = self.images[r["image"][i]]
-        boxes = self.box_flat[self.box_off[i] : self.box_off[i + 1]]
-        if self.merged:
-            boxes = np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)])[None]
+        boxes = self._boxes(i)
         s = r["sentence"][i]
         return GroundingRecord(
             sample_id=f"{image_id}/{s}/{r['phrase_index'][i]}",
@@ -151,7 +174,7 @@ class Flickr30kDataset(RecordDataset):
             image_path=str(self.image_dir / f"{image_id}.jpg"),
             image_size=size,
             text=r["text"][i],
-            boxes=boxes.astype(np.float32, copy=True),
+            boxes=boxes,
             dataset=self.name,
             split=split,
             raw_text=r["text"][i],
@@ -166,6 +189,34 @@ class Flickr30kDataset(RecordDataset):
             },
         )
 
+    def _caption(self, c: int) -> GroundingRecord:
+        """Caption record ``c``: the plain sentence and its phrases with boxes."""
+        image_row, s, first, end = self.captions[c]  # type: ignore[index]
+        image_id, split, size, sentences = self.images[image_row]
+        r = self.rows
+        phrases = tuple(
+            Phrase(
+                span=tuple(r["span"][i]),
+                boxes=self._boxes(i),
+                phrase_id=str(r["chain"][i]),
+                family=r["family"][i],
+            )
+            for i in range(first, end)
+        )
+        return GroundingRecord(
+            sample_id=f"{image_id}/{s}",
+            image_id=image_id,
+            image_path=str(self.image_dir / f"{image_id}.jpg"),
+            image_size=size,
+            text=sentences[s],
+            boxes=distinct_boxes(phrases),
+            dataset=self.name,
+            split=split,
+            raw_text=sentences[s],
+            phrases=phrases,
+            meta={"sentence_index": s, "phrase_types": [r["types"][i] for i in range(first, end)]},
+        )
+
 
 def open_flickr30k(
     root: Path,
@@ -176,9 +227,12 @@ def open_flickr30k(
     image_dir: str | Path | None = None,
     protocol: DatasetProtocol | None = None,
     strict: bool = True,
+    task: str = "rec",
 ) -> Flickr30kDataset:
     if boxes not in ("merged", "separate"):
         raise DataError(f"unknown Flickr30k box protocol {boxes!r}; expected 'merged' or 'separate'")
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} for Flickr30k Entities; expected one of {', '.join(TASKS)}")
     for sub in ("Annotations", "Sentences"):
         if not (root / sub).is_dir():
             raise DataError(f"{root / sub}: folder not found (expected the Flickr30k Entities layout)")
@@ -188,12 +242,16 @@ def open_flickr30k(
     check_split(split, available, root)
     splits = available if split == ALL_SPLITS else [split]
     rows: dict[str, list[Any]] = {
-        k: [] for k in ("image", "sentence", "phrase_index", "text", "family", "chain", "types", "first_word")
+        k: []
+        for k in ("image", "sentence", "phrase_index", "text", "family", "chain", "types", "first_word", "span")
     }
+    captions: list[tuple[int, int, int, int]] = []
     images: list[tuple[str, str, tuple[int, int], list[str]]] = []
     offs = [0]
     flat: list[list[float]] = []
     skipped = {"no_box": 0, "scene": 0, "not_visual": 0}
+    if task == "phrase":
+        skipped["no_phrase_caption"] = 0
     bad = Collector(strict)
     for s in splits:
         ids = [x.strip() for x in (root / f"{s}.txt").read_text().split() if x.strip()]
@@ -222,6 +280,7 @@ def open_flickr30k(
             for si, line in enumerate(lines):
                 sentence, phrases = parse_sentence(line)
                 sentences.append(sentence)
+                first = len(rows["image"])
                 for pi, p in enumerate(phrases):
                     chain = p["chain"]
                     if chain == "0":
@@ -238,14 +297,22 @@ def open_flickr30k(
                     rows["chain"].append(int(chain))
                     rows["types"].append(p["types"])
                     rows["first_word"].append(p["first_word_index"])
+                    rows["span"].append(p["span"])
                     flat.extend(chain_boxes[chain])
                     offs.append(len(flat))
+                end = len(rows["image"])
+                if task == "retrieval" or (task == "phrase" and end > first):
+                    captions.append((row, si, first, end))
+                elif task == "phrase":
+                    skipped["no_phrase_caption"] += 1
             images.append((image_id, s, hw, sentences))
     candidates = [root / d for d in _IMAGE_DIRS]
     chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (f"{im[0]}.jpg" for im in images))
     merged = boxes == "merged"
     if protocol is None or protocol.box_match != ("merged" if merged else "any"):
         protocol = FLICKR_MERGED if merged else FLICKR_SEPARATE  # `boxes` decides how phrases are scored
+    if task != "rec":
+        protocol = caption_protocol(protocol, task)
     ds = Flickr30kDataset(
         root=root,
         name=name,
@@ -260,6 +327,8 @@ def open_flickr30k(
         files=[root / f"{s}.txt" for s in splits],
         skipped=skipped,
         protocol=protocol,
+        task=task,
+        captions=None if task == "rec" else captions,
     )
     ds.index_problems.extend(bad.problems)
     return ds
@@ -274,7 +343,8 @@ register_dataset(
     layout="flickr30k",
     opener=open_flickr30k,
     detect=_detect,
-    description="Flickr30k Entities phrases, merged protocol (one union box per phrase)",
+    description="Flickr30k Entities phrases, merged protocol (one union box per phrase); "
+    "task=phrase|retrieval: one record per caption",
     protocol=FLICKR_MERGED,
 )
 register_dataset(

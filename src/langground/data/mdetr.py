@@ -5,6 +5,14 @@ COCO image id), ``file_name``, ``height``/``width`` (and ``tokens_negative``, ``
 its annotations carry ``bbox`` (xywh) and ``tokens_positive`` (character spans of the caption that
 name the object). Looked for in ``<root>``, ``<root>/mdetr_annotations`` and ``<root>/annotations``;
 images under ``<root>/train2014``, ``<root>/images/train2014`` or ``<root>/coco/train2014``.
+
+``task`` picks the records (``open_kwargs: {task: phrase}``); both give one record per image entry:
+- ``rec`` (default): the caption, all its boxes, ``tokens_positive`` left in ``meta``;
+- ``phrase``: also ``phrases``: the annotations that name the same ``tokens_positive`` spans form one
+  phrase with all their boxes (separate boxes; a refexp entry usually has one), its ``span`` the
+  enclosing ``(first start, last end)`` of those spans (MDETR may split one phrase, "man" + "on the
+  left"), ``phrase_id`` the annotation ids joined by ``,``. Annotations without ``tokens_positive``
+  name no phrase; entries with no phrase are skipped (``skipped["no_phrase_caption"]``).
 """
 
 from __future__ import annotations
@@ -24,16 +32,18 @@ from langground.data.base import (
     check_split,
     register_dataset,
 )
+from langground.data.captions import caption_protocol
 from langground.data.coco import compact_segmentation, read_json
 from langground.data.images import image_size, pick_image_dir
 from langground.data.protocols import REFCOCO, REFCOCO_PLUS, REFCOCOG_UMD
 from langground.errors import DataError
 from langground.ops import masks as M
-from langground.types import GroundingRecord
+from langground.types import GroundingRecord, Phrase
 
 _PROTOCOLS = {"refcoco": REFCOCO, "refcoco+": REFCOCO_PLUS, "refcocog": REFCOCOG_UMD}
 _ANN_DIRS = ("", "mdetr_annotations", "annotations")
 _IMAGE_DIRS = ("train2014", "images/train2014", "coco/train2014", "images/mscoco/images/train2014", "images")
+TASKS = ("rec", "phrase")
 
 
 def _ann_files(root: Path, dataset: str) -> dict[str, Path]:
@@ -64,6 +74,8 @@ class MdetrDataset(RecordDataset):
         candidates: list[Path],
         problems: list[Problem],
         protocol: DatasetProtocol,
+        task: str = "rec",
+        phrases: list[tuple[int, list[tuple[tuple[int, int], list[int]]]]] | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -71,9 +83,11 @@ class MdetrDataset(RecordDataset):
             split=split,
             protocol=protocol,
             image_dirs=candidates,
-            task="rec",
+            task=task,
             files=files,
         )
+        # task "phrase": (entry index, [(span, positions of its annotations)]) per record.
+        self.phrases = phrases
         self.entries = entries  # (split, entry id, coco image id, file name, h, w, caption, extra meta)
         self.anns = anns  # (split, entry id) -> [(ann id, bbox xywh, tokens_positive, segmentation)]
         self.image_dir = image_dir
@@ -81,9 +95,24 @@ class MdetrDataset(RecordDataset):
         self.index_problems.extend(problems)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) if self.phrases is None else len(self.phrases)
 
     def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
+        if self.phrases is None:
+            return self._entry(i, resolve_size)
+        entry, groups = self.phrases[i]
+        record = self._entry(entry, resolve_size)
+        record.phrases = tuple(
+            Phrase(
+                span=span,
+                boxes=record.boxes[positions].copy(),
+                phrase_id=",".join(str(record.ann_ids[k]) for k in positions),
+            )
+            for span, positions in groups
+        )
+        return record
+
+    def _entry(self, i: int, resolve_size: bool) -> GroundingRecord:
         split, eid, image_id, fname, h, w, caption, extra = self.entries[i]
         path = self.image_dir / fname
         if not (h and w):
@@ -229,7 +258,10 @@ def open_mdetr(
     image_dir: str | Path | None = None,
     protocol: DatasetProtocol | None = None,
     strict: bool = True,
+    task: str = "rec",
 ) -> MdetrDataset:
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r} for MDETR refexp files; expected one of {', '.join(TASKS)}")
     files = _ann_files(root, dataset)
     if not files:
         raise DataError(
@@ -245,7 +277,12 @@ def open_mdetr(
         _read(files[s], s, entries, anns, problems, bad)
     candidates = [root / d for d in _IMAGE_DIRS]
     chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (e[3] for e in entries))
-    return MdetrDataset(
+    protocol = protocol or _PROTOCOLS[dataset]
+    phrases, skipped = None, {}
+    if task == "phrase":
+        phrases, skipped = _phrase_groups(entries, anns, {s: files[s] for s in splits}, bad)
+        protocol = caption_protocol(protocol, "phrase")
+    ds = MdetrDataset(
         root=root,
         name=name,
         split=split,
@@ -256,8 +293,52 @@ def open_mdetr(
         image_dir=chosen,
         candidates=candidates,
         problems=problems,
-        protocol=protocol or _PROTOCOLS[dataset],
+        protocol=protocol,
+        task=task,
+        phrases=phrases,
     )
+    ds.skipped = skipped  # type: ignore[attr-defined]
+    return ds
+
+
+def _phrase_groups(
+    entries: list[Any], anns: dict[Any, list[Any]], files: dict[str, Path], bad: Collector
+) -> tuple[list[tuple[int, list[tuple[tuple[int, int], list[int]]]]], dict[str, int]]:
+    """Per entry with phrases: its annotations grouped by their ``tokens_positive`` spans."""
+    out = []
+    skipped = {"no_phrase_caption": 0}
+    for i, (split, eid, _, _, _, _, caption, _) in enumerate(entries):
+        groups: dict[tuple[tuple[int, int], ...], list[int]] = {}
+        for k, (aid, _, spans, _) in enumerate(anns.get((split, eid), [])):
+            try:
+                key = _spans(spans, len(caption))
+            except DataError as e:
+                bad(f"ann {aid}", DataError(f"{files[split]}: annotation {aid} of entry {eid}: {e}"))
+                continue
+            if key:
+                groups.setdefault(key, []).append(k)
+        if not groups:
+            skipped["no_phrase_caption"] += 1
+            continue
+        phrases = [((min(a for a, _ in key), max(b for _, b in key)), ks) for key, ks in groups.items()]
+        out.append((i, sorted(phrases, key=lambda p: p[0])))
+    return out, skipped
+
+
+def _spans(value: Any, length: int) -> tuple[tuple[int, int], ...]:
+    """``tokens_positive`` -> sorted ``(start, end)`` pairs, checked against the caption's length."""
+    if not isinstance(value, list):
+        raise DataError(f"tokens_positive {value!r} is not a list of [start, end] character spans")
+    spans = []
+    for span in value:
+        ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(v, int) for v in span)
+        if not ok or not 0 <= span[0] < span[1] <= length:
+            raise DataError(
+                f"tokens_positive span {span!r} is not [start, end) character offsets in a caption of "
+                f"{length} characters"
+            )
+        spans.append((int(span[0]), int(span[1])))
+    return tuple(sorted(spans))
 
 
 for _ds in ("refcoco", "refcoco+", "refcocog"):
@@ -266,7 +347,8 @@ for _ds in ("refcoco", "refcoco+", "refcocog"):
         layout="mdetr",
         opener=open_mdetr,
         detect=lambda root, _ds=_ds: bool(_ann_files(root, _ds)),
-        description=f"MDETR finetune_{_ds}_<split>.json (one COCO image entry per expression)",
+        description=f"MDETR finetune_{_ds}_<split>.json (one COCO image entry per expression; "
+        "task=phrase: its tokens_positive phrases)",
         protocol=_PROTOCOLS[_ds],
         dataset=_ds,
     )

@@ -5,15 +5,27 @@
 masks), images under ``<root>/images/`` (``file_name`` relative to it), and the CLEVR layout
 ``<root>/scenes.json`` + ``<root>/questions.json`` (one file each, a ``split`` field per entry),
 plus ``<root>/dataset.json`` (generation settings). ``task`` picks the view:
-``rec``/``res`` -> refer layout, ``gref``/``gres`` -> gRefCOCO layout, ``vqa`` -> questions.
+``rec``/``res`` -> refer layout, ``gref``/``gres`` -> gRefCOCO layout, ``vqa`` -> questions, and two
+caption views composed from the refer layout's single-target expressions:
+
+- ``phrase``: per image, its expressions in a random order (seeded by the image and record ids, so the
+  same world always gives the same captions) cut into groups of 2-3, each group one caption joined by
+  " and " ("the red cube and the ball left of the cylinder"), each expression a phrase with its box
+  (an image with a single expression gives a one-phrase caption);
+- ``retrieval``: the ``rec`` records themselves are the captions (one expression = one caption of its
+  image; several captions per image, as in Flickr30k / COCO retrieval).
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from langground.data.base import Collector, DatasetProtocol, RecordDataset, check_split, register_dataset
+from langground.data.captions import caption_protocol, distinct_boxes, join_phrases
 from langground.data.clevr import QuestionsDataset, read_questions
 from langground.data.coco import read_json
 from langground.data.grefcoco import open_grefcoco
@@ -21,8 +33,9 @@ from langground.data.images import image_size
 from langground.data.protocols import SYNTH
 from langground.data.refer import open_refer
 from langground.errors import DataError
+from langground.types import GroundingRecord, Phrase
 
-SYNTH_TASKS = ("rec", "res", "gref", "gres", "vqa")
+SYNTH_TASKS = ("rec", "res", "gref", "gres", "vqa", "phrase", "retrieval")
 
 
 def read_scenes(path: Path) -> dict[int, dict[str, Any]]:
@@ -109,7 +122,7 @@ def open_synth(
     image_dir: str | Path | None = None,
     protocol: DatasetProtocol = SYNTH,
 ) -> RecordDataset:
-    """Open the synthetic world under ``root`` for ``task`` (rec/res/gref/gres/vqa)."""
+    """Open the synthetic world under ``root`` for ``task`` (rec/res/gref/gres/vqa/phrase/retrieval)."""
     if task not in SYNTH_TASKS:
         raise DataError(f"unknown task {task!r} for synth; expected one of {', '.join(SYNTH_TASKS)}")
     if (root / "synth").is_dir() is False and (root / "questions.json").is_file() is False:
@@ -128,9 +141,87 @@ def open_synth(
         strict=strict,
         task=task,
     )
+    if task in ("phrase", "retrieval"):
+        refer = open_refer(root, split, **{**common, "task": "rec", "protocol": caption_protocol(protocol, task)})
+        if task == "retrieval":
+            refer.task = task
+            return refer
+        return SynthPhraseDataset(refer)
     if task in ("rec", "res"):
         return open_refer(root, split, **common)
     return open_grefcoco(root, split, **common)
+
+
+class SynthPhraseDataset(RecordDataset):
+    """Captions of 2-3 single-target expressions of one image, each a phrase (``task="phrase"``)."""
+
+    layout = "synth"
+
+    def __init__(self, base: RecordDataset, sep: str = " and ") -> None:
+        super().__init__(
+            root=base.root,
+            name=base.name,
+            split=base.split,
+            protocol=base.protocol,
+            image_dirs=base.image_dirs,
+            task="phrase",
+            files=base.files,
+        )
+        self.base, self.sep = base, sep
+        self.split_names = list(base.splits)
+        self.index_problems.extend(base.index_problems)
+        by_image: dict[Any, list[tuple[str, int]]] = {}
+        for i in range(len(base)):
+            r = base.get(i, resolve_size=False)
+            by_image.setdefault((r.split, r.image_id), []).append((r.sample_id, i))
+        self.captions: list[list[int]] = []
+        for (_, image_id), members in by_image.items():
+            members.sort()
+            self.captions.extend(compose_groups([i for _, i in members], [sid for sid, _ in members], image_id))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def _record(self, i: int, resolve_size: bool) -> GroundingRecord:
+        parts = [self.base.get(j, resolve_size=resolve_size) for j in self.captions[i]]
+        text, spans = join_phrases([r.text for r in parts], self.sep)
+        phrases = tuple(
+            Phrase(span=span, boxes=r.boxes.copy(), phrase_id=r.sample_id, family=r.family)
+            for r, span in zip(parts, spans, strict=True)
+        )
+        first = parts[0]
+        return GroundingRecord(
+            sample_id="+".join(r.sample_id for r in parts),
+            image_id=first.image_id,
+            image_path=first.image_path,
+            image_size=first.image_size,
+            text=text,
+            boxes=distinct_boxes(phrases),
+            dataset=first.dataset,
+            split=first.split,
+            family=f"{len(parts)}_phrases",
+            phrases=phrases,
+            meta={"expressions": [r.sample_id for r in parts]},
+        )
+
+
+def compose_groups(items: list[int], ids: list[str], image_id: Any) -> list[list[int]]:
+    """``items`` (one image's expressions, ``ids`` their sample ids) shuffled and cut into groups of 2-3.
+
+    The order and the group sizes are drawn from a generator seeded by the image id and the sample ids:
+    the same world gives the same captions on every machine and every run.
+    """
+    seed = zlib.crc32(f"{image_id}:{','.join(ids)}".encode())
+    rng = np.random.default_rng(seed)
+    order = [items[k] for k in rng.permutation(len(items))]
+    groups: list[list[int]] = []
+    while order:
+        left = len(order)
+        # Never leave one expression alone: 4 -> 2 + 2, 5 -> 2 + 3 or 3 + 2.
+        take = left if left <= 3 else 2 if left == 4 else int(rng.integers(2, 4))
+        groups.append(order[:take])
+        order = order[take:]
+    return groups
 
 
 def read_dataset_info(root: Path) -> dict[str, Any] | None:
@@ -143,6 +234,6 @@ register_dataset(
     layout="synth",
     opener=open_synth,
     detect=lambda root: (root / "synth").is_dir() or (root / "dataset.json").is_file(),
-    description="langground's synthetic referring world (task=rec|res|gref|gres|vqa)",
+    description="langground's synthetic referring world (task=rec|res|gref|gres|vqa|phrase|retrieval)",
     protocol=SYNTH,
 )

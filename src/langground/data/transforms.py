@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,26 @@ def swap_left_right(text: str) -> str:
     return _LEFT_RIGHT_RE.sub(repl, text)
 
 
+def swap_left_right_spans(
+    text: str, spans: Sequence[Sequence[int]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """:func:`swap_left_right` and the character ``spans`` of ``text`` moved to the new text.
+
+    "left" -> "right" adds a character: a phrase after it shifts by one, a phrase around it grows by one.
+
+    >>> swap_left_right_spans("the left cube and the ball", [(0, 13), (18, 26)])
+    ('the right cube and the ball', [(0, 14), (19, 27)])
+    """
+    shifts: list[tuple[int, int]] = []  # (end of a replaced word in the old text, length change)
+    for m in _LEFT_RIGHT_RE.finditer(text):
+        shifts.append((m.end(), len(_LEFT_RIGHT[m.group(0).lower()]) - len(m.group(0))))
+
+    def moved(pos: int) -> int:
+        return pos + sum(d for end, d in shifts if end <= pos)
+
+    return swap_left_right(text), [(moved(int(a)), moved(int(b))) for a, b in spans]
+
+
 def letterbox_params(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
     """Scale and centred padding that fit an ``height×width`` image into a ``size×size`` canvas.
 
@@ -99,7 +120,9 @@ class Letterbox(v2.Transform):
 class ReferentSafeRandomCrop(v2.Transform):
     """With probability ``p``, crop a random window that contains every referent box whole.
 
-    No-target samples are never cropped: removing objects could turn a false expression true.
+    No-target samples are never cropped: removing objects could turn a false expression true. A sample
+    holding several expressions of one image (``data.group_by_image``) carries all their boxes in
+    ``boxes`` (all kept whole) and ``no_target=True`` when any of them refers to nothing.
     """
 
     def __init__(self, p: float = 0.5, min_scale: float = 0.6):
@@ -108,7 +131,7 @@ class ReferentSafeRandomCrop(v2.Transform):
 
     def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
         boxes = sample["boxes"]
-        if self.p <= 0 or boxes.shape[0] == 0 or torch.rand(()) >= self.p:
+        if self.p <= 0 or boxes.shape[0] == 0 or sample.get("no_target", False) or torch.rand(()) >= self.p:
             return sample
         height, width = F.get_size(sample["image"])
         x0, y0 = boxes[:, 0].min().item(), boxes[:, 1].min().item()
@@ -134,7 +157,12 @@ def _uniform(low: float, high: float) -> float:
 
 
 class TextAwareHorizontalFlip(v2.Transform):
-    """Flip image, boxes and mask together, and swap left/right words in the text."""
+    """Flip image, boxes and mask together, and swap left/right words in the text.
+
+    ``text`` is one string or a list of strings (every expression of one image: one flip for all);
+    ``phrase_spans`` (optional) are the character spans of each text's phrases (a list of spans for one
+    string, a list of such lists for a list), moved with the swapped words.
+    """
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -144,7 +172,16 @@ class TextAwareHorizontalFlip(v2.Transform):
         if self.p <= 0 or torch.rand(()) >= self.p:
             return sample
         out = v2.RandomHorizontalFlip(p=1.0)(sample)
-        out["text"] = swap_left_right(out["text"])
+        single = isinstance(out["text"], str)
+        texts = [out["text"]] if single else list(out["text"])
+        spans = out.get("phrase_spans")
+        if spans is None:
+            texts = [swap_left_right(t) for t in texts]
+        else:
+            moved = [swap_left_right_spans(t, s) for t, s in zip(texts, [spans] if single else spans, strict=True)]
+            texts = [t for t, _ in moved]
+            out["phrase_spans"] = moved[0][1] if single else [s for _, s in moved]
+        out["text"] = texts[0] if single else texts
         return out
 
 

@@ -240,17 +240,23 @@ def _worker_init(worker_id: int) -> None:
 def build_dataset(
     records: Sequence[GroundingRecord], config: Config, answers: Sequence[str] | None, train: bool
 ) -> Any:
-    from langground.data.torch_dataset import GroundingTorchDataset
+    """The torch dataset of ``records``: one item per record, or with ``data.group_by_image`` one item per
+    image holding all its records (at most ``data.max_queries_per_image`` per item), decoded and
+    augmented once. ``item_lengths()`` gives the length curriculum its measure per item."""
+    from langground.data.torch_dataset import GroupedByImageDataset, GroundingTorchDataset
     from langground.data.transforms import build_transforms
 
-    load_masks = train and get_task(config.model.task).needs_masks
-    return GroundingTorchDataset(
-        records,
-        build_transforms(config.transforms, train=train),
+    kwargs: dict[str, Any] = dict(
         answer_vocab=answer_index(answers),
-        load_masks=load_masks,
+        load_masks=train and get_task(config.model.task).needs_masks,
         cache_mb=config.data.cache_images_mb,
     )
+    transform = build_transforms(config.transforms, train=train)
+    if config.data.group_by_image:
+        return GroupedByImageDataset(
+            records, transform, max_queries_per_image=config.data.max_queries_per_image, **kwargs
+        )
+    return GroundingTorchDataset(records, transform, **kwargs)
 
 
 def make_loader(
@@ -265,9 +271,12 @@ def make_loader(
     seed: int = 0,
     persistent: bool = False,
 ) -> DataLoader:
+    """A DataLoader of :class:`~langground.types.Batch`; ``batch_size`` counts the dataset's items (images
+    with ``data.group_by_image``). Batches carry phrase queries when the task uses them."""
     from langground.data.collate import GroundingCollator
 
     workers = run.num_workers
+    phrases = get_task(config.model.task).uses_phrases
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -275,7 +284,7 @@ def make_loader(
         shuffle=False,
         drop_last=drop_last,
         num_workers=workers,
-        collate_fn=GroundingCollator(vocab, config.data.max_text_length),
+        collate_fn=GroundingCollator(vocab, config.data.max_text_length, phrases=phrases),
         pin_memory=False,
         worker_init_fn=_worker_init if workers > 0 else None,
         # An explicit generator: creating an iterator must not draw from the global RNG (exact resume).

@@ -37,7 +37,7 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 def micro_losses(t: Trainer, batch: Any) -> dict[str, torch.Tensor]:
     """One micro-batch's losses (``loss`` and the ``loss_*`` terms)."""
     custom = getattr(t.model, "training_step", None)  # the bare model's hook, called with the DDP forward
-    if False:
+    if callable(custom):
         return custom(batch, t.criterion, t.ddp)
     return t.criterion(t.ddp(**batch.model_inputs()), batch.targets)
 

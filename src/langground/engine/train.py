@@ -21,8 +21,9 @@ checkpointing on the way. Guarantees:
 
 The parts: :mod:`~langground.engine.run_dir` (run directory, resume check, result),
 :mod:`~langground.engine.train_state` (RNG, trainer state), :mod:`~langground.engine.callbacks`
-(validation, checkpoints, best checkpoint, stop requests, hooks), :mod:`~langground.engine.trainer`
-(setup, loop, step, and the model hooks ``on_epoch_start`` / ``training_step``).
+(validation, checkpoints, best checkpoint, stop requests, hooks), :mod:`~langground.engine.step` (one
+optimiser step), :mod:`~langground.engine.trainer` (setup, the loop, and the model hooks
+``on_epoch_start`` / ``training_step``).
 """
 
 from __future__ import annotations

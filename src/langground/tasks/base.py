@@ -22,7 +22,7 @@ from torch import Tensor
 
 from langground.types import Prediction, Targets
 
-#: Head names a task may ask a model for.
+#: Head names of the built-in tasks (a new task may name new heads; models build those they know).
 HEADS = ("box", "mask", "no_target", "answer", "phrase_box", "embedding")
 
 

@@ -19,6 +19,8 @@ from torch import Tensor
 from torchvision.ops import box_convert
 
 from langground.engine.metrics.base import MetricAccumulator, SampleStats
+from langground.engine.metrics.registry import register_metric
+from langground.engine.metrics.settings import MetricsConfig
 from langground.ops.boxes import box_iou, enclosing_box
 from langground.tasks import decode as D
 from langground.tasks import terms
@@ -130,3 +132,8 @@ class PhraseMetric(MetricAccumulator):
     def summarize(self, sums: Mapping[str, int | float]) -> dict[str, float]:
         n = sums.get("count", 0)
         return {"recall@1": sums["correct"] / n} if n else {}
+
+
+@register_metric("phrase")
+def _phrase_metric(cfg: MetricsConfig) -> PhraseMetric:
+    return PhraseMetric(box_match=cfg.rec_box_match, by_family=cfg.by_family)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from langground.errors import LanggroundError
-from langground.tasks.base import HEADS, Task
+from langground.tasks.base import Task
 
 _TASKS: dict[str, Task] = {}
 T = TypeVar("T", bound=type[Task])
@@ -18,11 +18,6 @@ def register_task(cls: T) -> T:
         raise ValueError(f"{cls.__name__}: a task needs a non-empty `name`")
     if name in _TASKS and type(_TASKS[name]) is not cls:
         raise ValueError(f"task {name!r} is registered twice ({type(_TASKS[name]).__name__}, {cls.__name__})")
-    unknown = set(cls.heads) - set(HEADS)
-    if unknown:
-        raise ValueError(
-            f"task {name!r}: unknown head(s) {', '.join(sorted(unknown))}; known: {', '.join(HEADS)}"
-        )
     if not cls.primary_metric:
         raise ValueError(f"task {name!r} needs a primary_metric")
     _TASKS[name] = cls()

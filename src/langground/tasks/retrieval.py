@@ -80,14 +80,15 @@ class Retrieval(Task):
         return D.empty_prediction()  # nothing to draw: retrieval is scored over the gallery
 
     def output_scorer(self, metrics_config: Any) -> RetrievalScorer:
-        return RetrievalScorer()
+        return RetrievalScorer(metrics_config)
 
 
 class RetrievalScorer:
     """Collects a split's embeddings (texts by sample, images once per image id) and scores R@K over the
     gallery of its distinct images. ``state_dict``/``merge`` concatenate ranks' shards exactly."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics_config: Any = None) -> None:
+        self.metrics_config = metrics_config
         self.texts: dict[str, tuple[Any, np.ndarray]] = {}  # sample_id -> (image_id, embedding)
         self.images: dict[Any, np.ndarray] = {}  # image_id -> embedding
 
@@ -119,9 +120,9 @@ class RetrievalScorer:
         return text_emb @ image_emb.T, [position[self.texts[s][0]] for s in sample_ids]
 
     def compute(self) -> dict[str, float]:
-        from langground.engine.metrics import RetrievalMetric
+        from langground.engine.metrics import build_metric
 
-        metric = RetrievalMetric()
+        metric = build_metric("retrieval", self.metrics_config)
         if self.texts:
             similarity, text_image = self.similarity()
             metric.update(similarity, text_image)
