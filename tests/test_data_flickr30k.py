@@ -110,3 +110,72 @@ def test_all_splits_and_stats(root):
     st = dataset_stats(ds)
     assert st["splits"]["test"]["expressions"] == 5 and st["splits"]["test"]["refs"] == 4
     assert st["families"]["people"] == {"test": 2}
+
+
+def test_parse_sentence_gives_character_spans_in_the_plain_sentence():
+    sentence, phrases = parse_sentence(SENTENCES.splitlines()[1])
+    assert [sentence[a:b] for a, b in (p["span"] for p in phrases)] == [
+        "Two young , White males",
+        "many bushes",
+    ]
+
+
+def test_phrase_task_one_record_per_caption_with_its_grounded_phrases(root):
+    ds = open_dataset(root, "flickr30k", "test", task="phrase")
+    assert ds.task == "phrase" and ds.protocol.tasks == ("phrase",) and ds.protocol.box_match == "merged"
+    assert len(ds) == 3 and [r.sample_id for r in ds] == ["1000092795/0", "1000092795/1", "1000092795/2"]
+    r = ds[0]
+    assert r.text.startswith("Two young guys with shaggy hair look at their hands")
+    # the scene phrase "the yard" has no box: not a query (counted as skipped, as in the rec mode)
+    assert [r.text[a:b] for a, b in (p.span for p in r.phrases)] == [
+        "Two young guys",
+        "shaggy hair",
+        "their hands",
+    ]
+    assert [(p.phrase_id, p.family) for p in r.phrases] == [
+        ("18", "people"),
+        ("19", "bodyparts"),
+        ("20", "bodyparts"),
+    ]
+    np.testing.assert_array_equal(r.phrases[0].boxes, [[0, 5, 35, 30]])  # merged: the union box
+    np.testing.assert_array_equal(r.phrases[2].boxes, [[2, 11, 8, 15]])
+    # the record's boxes: every distinct box of its phrases (what a referent-safe crop keeps whole)
+    np.testing.assert_array_equal(r.boxes, [[0, 5, 35, 30], [2, 11, 8, 15]])
+    # "many bushes" (nobndbox) is dropped; "Someone" (notvisual) too
+    assert [len(x.phrases) for x in ds] == [3, 1, 1]
+    assert (
+        ds[2].text == "Someone watches a red shirt ."
+        and ds[2].text[slice(*ds[2].phrases[0].span)] == "a red shirt"
+    )
+    assert ds.skipped == {"no_box": 1, "scene": 1, "not_visual": 1, "no_phrase_caption": 0}
+
+
+def test_phrase_task_separate_boxes_and_retrieval_keeps_every_caption(root, tmp_path):
+    sep = open_dataset(root, "flickr30k-separate", "test", task="phrase")
+    np.testing.assert_array_equal(sep[0].phrases[0].boxes, [[0, 10, 10, 30], [20, 5, 35, 25]])
+    assert sep.protocol.box_match == "any" and sep.protocol.tasks == ("phrase",)
+    # a caption whose only phrase has no box: skipped by `phrase`, kept by `retrieval`
+    for sub in ("Sentences", "Annotations", "flickr30k_images"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "Sentences" / "55.txt").write_text(
+        "[/EN#5/animals A dog] runs .\n[/EN#0/notvisual Nobody] .\n"
+    )
+    (tmp_path / "Annotations" / "55.xml").write_text(XML2)
+    Image.new("RGB", (20, 10)).save(tmp_path / "flickr30k_images" / "55.jpg")
+    (tmp_path / "val.txt").write_text("55\n")
+    phrase = open_dataset(tmp_path, "flickr30k", "val", task="phrase")
+    assert [r.text for r in phrase] == ["A dog runs ."] and phrase.skipped["no_phrase_caption"] == 1
+    retrieval = open_dataset(tmp_path, "flickr30k", "val", task="retrieval")
+    assert retrieval.task == "retrieval" and [r.text for r in retrieval] == ["A dog runs .", "Nobody ."]
+    assert [len(r.phrases) for r in retrieval] == [1, 0]
+    assert retrieval.protocol.metrics["retrieval"][0] == "retrieval/r@1_t2i"
+    assert phrase.protocol.metrics == {"phrase": ("phrase/recall@1",)}
+
+
+def test_unknown_task_is_a_one_line_error(root):
+    from langground.errors import DataError
+
+    with pytest.raises(
+        DataError, match="unknown task 'gres' for Flickr30k Entities; expected one of rec, phrase"
+    ):
+        open_dataset(root, "flickr30k", "test", task="gres")

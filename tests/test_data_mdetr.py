@@ -123,3 +123,49 @@ def test_sizes_as_strings_and_files_in_the_root(tmp_path):
     ds = open_dataset(tmp_path, "mdetr-refcoco+", "testB")
     assert ds[0].image_size == (30, 40) and ds[0].text == "dog"
     np.testing.assert_array_equal(ds[0].boxes, [[1, 2, 4, 6]])
+
+
+def test_phrase_task_turns_tokens_positive_into_phrases(tmp_path):
+    caption = "the man on the left and a red car"
+    images = [entry(1, caption), entry(2, "a dog", coco_image=7), entry(3, "nothing here")]
+    anns = [
+        # one phrase split in two spans by MDETR ("man" + "on the left"): the enclosing span
+        ann(1, 1, [4.0, 5.0, 10.0, 20.0], [[4, 7], [8, 19]], coco_ann=101),
+        # two boxes naming the same span: one phrase with both boxes
+        ann(2, 1, [20.0, 2.0, 5.0, 5.0], [[24, 33]], coco_ann=102),
+        ann(3, 1, [30.0, 2.0, 5.0, 5.0], [[24, 33]], coco_ann=103),
+        ann(4, 2, [1.0, 1.0, 3.0, 3.0], [[0, 5]], coco_ann=104),
+        ann(5, 3, [1.0, 1.0, 3.0, 3.0], [], coco_ann=105),  # names no span: no phrase
+    ]
+    write(tmp_path / "mdetr_annotations" / "finetune_refcoco_val.json", images, anns)
+    rec = open_dataset(tmp_path, "mdetr-refcoco", "val")
+    assert len(rec) == 3 and rec[0].phrases == () and rec.task == "rec"
+    ds = open_dataset(tmp_path, "mdetr-refcoco", "val", task="phrase")
+    assert ds.task == "phrase" and ds.protocol.tasks == ("phrase",) and len(ds) == 2
+    assert ds.skipped == {"no_phrase_caption": 1}
+    r = ds[0]
+    assert r.text == caption and r.boxes.shape == (3, 4) and r.ann_ids == (101, 102, 103)
+    assert [r.text[a:b] for a, b in (p.span for p in r.phrases)] == ["man on the left", "a red car"]
+    np.testing.assert_array_equal(r.phrases[0].boxes, [[4, 5, 14, 25]])
+    np.testing.assert_array_equal(r.phrases[1].boxes, [[20, 2, 25, 7], [30, 2, 35, 7]])
+    assert [p.phrase_id for p in r.phrases] == ["101", "102,103"]
+    assert r.meta["tokens_positive"][0] == [[4, 7], [8, 19]]
+    assert ds[1].text == "a dog" and ds[1].phrases[0].span == (0, 5)
+
+
+def test_phrase_task_rejects_spans_outside_the_caption(tmp_path):
+    from langground.errors import DataError
+
+    write(
+        tmp_path / "finetune_refcoco_val.json",
+        [entry(1, "a dog"), entry(2, "a cat")],
+        [ann(1, 1, [1, 2, 3, 4], [[0, 9]], 9), ann(2, 2, [1, 2, 3, 4], [[2, 5]], 10)],
+    )
+    with pytest.raises(
+        DataError, match=r"finetune_refcoco_val.json: annotation 9 of entry 1: tokens_positive span \[0, 9\]"
+    ):
+        open_dataset(tmp_path, "mdetr-refcoco", "val", task="phrase")
+    lenient = open_dataset(tmp_path, "mdetr-refcoco", "val", task="phrase", strict=False)
+    assert [r.text for r in lenient] == ["a cat"] and len(lenient.index_problems) == 1
+    with pytest.raises(DataError, match="unknown task 'vqa' for MDETR"):
+        open_dataset(tmp_path, "mdetr-refcoco", "val", task="vqa")

@@ -60,7 +60,8 @@ def test_lazy_export():
 
 def test_single_expression_result_shape(rec, photo):
     r = rec.predict(photo, "the red cube")
-    assert set(r) == {"box", "score", "mask", "no_target", "expression"}
+    assert set(r) == {"box", "score", "mask", "no_target", "expression", "boxes"}
+    assert r["boxes"] == [{"box": r["box"], "score": r["score"]}]  # REC: the one box, also as a list
     box = r["box"]
     assert set(box) == {"xmin", "ymin", "xmax", "ymax"}
     assert 0 <= box["xmin"] <= box["xmax"] <= 150 and 0 <= box["ymin"] <= box["ymax"] <= 90

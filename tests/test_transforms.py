@@ -189,3 +189,18 @@ def test_light_records_and_indices_reach_the_batch(tmp_path):
     assert len(pickle.dumps(item["record"])) < 2000
     batch = GroundingCollator(Vocabulary.build([record.text]), 8)([ds[0], ds[1]])
     assert batch.indices == [0, 1]
+
+
+def test_flip_of_several_texts_swaps_every_one_and_moves_their_phrase_spans():
+    sample = _sample()
+    sample["text"] = ["the block left of the ball", "the leftmost ball", "the red one"]
+    sample["phrase_spans"] = [[(0, 9), (10, 26)], [(0, 17)], []]
+    out = TextAwareHorizontalFlip(p=1.0)(sample)
+    assert out["text"] == ["the block right of the ball", "the rightmost ball", "the red one"]
+    assert out["phrase_spans"] == [[(0, 9), (10, 27)], [(0, 18)], []]
+    assert [out["text"][0][a:b] for a, b in out["phrase_spans"][0]] == ["the block", "right of the ball"]
+    assert out["boxes"][0].tolist() == [200.0, 100.0, 270.0, 150.0]  # one flip for all of them
+    single = _sample()
+    single["phrase_spans"] = [(8, 30)]
+    out = TextAwareHorizontalFlip(p=1.0)(single)
+    assert out["text"] == "the red block right of the ball" and out["phrase_spans"] == [(8, 31)]

@@ -14,10 +14,13 @@ import numpy as np
 from langground.data.base import DatasetProtocol
 from langground.types import Phrase
 
-#: Metric keys of the caption tasks, as ``DatasetProtocol.metrics`` lists them (the phrase task scores
-#: each phrase like REC: IoU >= 0.5 in original pixels; retrieval: recall at 1/5/10 both directions).
-PHRASE_METRICS = ("phrase/prec@0.5",)
-RETRIEVAL_METRICS = tuple(f"retrieval/{d}_r@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10))
+#: Metric keys of the caption tasks (``langground.tasks``), as ``DatasetProtocol.metrics`` lists them:
+#: phrase recall@1 (a phrase's box at IoU >= 0.5 in original pixels), retrieval recall at 1/5/10 both ways.
+PHRASE_METRICS = ("phrase/recall@1",)
+RETRIEVAL_METRICS = (
+    *(f"retrieval/r@{k}_{d}" for d in ("t2i", "i2t") for k in (1, 5, 10)),
+    "retrieval/rsum",
+)
 CAPTION_TASKS = {"phrase": PHRASE_METRICS, "retrieval": RETRIEVAL_METRICS}
 
 

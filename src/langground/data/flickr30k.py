@@ -40,11 +40,14 @@ from langground.data.captions import caption_protocol, distinct_boxes, union_box
 from langground.data.images import pick_image_dir
 from langground.data.protocols import FLICKR_MERGED, FLICKR_SEPARATE
 from langground.errors import DataError
+from langground.tasks import get_task
 from langground.types import GroundingRecord, Phrase
 
 _PHRASE = re.compile(r"\[/EN#(\d+)((?:/[^\s\]]+)*)\s+([^\]]*)\]")
 _IMAGE_DIRS = ("flickr30k_images", "flickr30k-images", "images", "../flickr30k_images", "../flickr30k-images")
 TASKS = ("rec", "phrase", "retrieval")
+# One entry per phrase whose chain has boxes.
+_COLUMNS = ("image", "sentence", "phrase_index", "text", "family", "chain", "types", "first_word", "span")
 
 
 def parse_sentence(line: str) -> tuple[str, list[dict[str, Any]]]:
@@ -241,16 +244,15 @@ def open_flickr30k(
         raise DataError(f"{root}: no train.txt/val.txt/test.txt split lists (Flickr30k Entities layout)")
     check_split(split, available, root)
     splits = available if split == ALL_SPLITS else [split]
-    rows: dict[str, list[Any]] = {
-        k: []
-        for k in ("image", "sentence", "phrase_index", "text", "family", "chain", "types", "first_word", "span")
-    }
+    spec = get_task(task)
+    by_caption = spec.record_unit == "caption"  # phrase / retrieval: one record per caption
+    rows: dict[str, list[Any]] = {k: [] for k in _COLUMNS}
     captions: list[tuple[int, int, int, int]] = []
     images: list[tuple[str, str, tuple[int, int], list[str]]] = []
     offs = [0]
     flat: list[list[float]] = []
     skipped = {"no_box": 0, "scene": 0, "not_visual": 0}
-    if task == "phrase":
+    if spec.uses_phrases:
         skipped["no_phrase_caption"] = 0
     bad = Collector(strict)
     for s in splits:
@@ -301,9 +303,9 @@ def open_flickr30k(
                     flat.extend(chain_boxes[chain])
                     offs.append(len(flat))
                 end = len(rows["image"])
-                if task == "retrieval" or (task == "phrase" and end > first):
+                if by_caption and (end > first or not spec.uses_phrases):
                     captions.append((row, si, first, end))
-                elif task == "phrase":
+                elif by_caption:
                     skipped["no_phrase_caption"] += 1
             images.append((image_id, s, hw, sentences))
     candidates = [root / d for d in _IMAGE_DIRS]
@@ -328,7 +330,7 @@ def open_flickr30k(
         skipped=skipped,
         protocol=protocol,
         task=task,
-        captions=None if task == "rec" else captions,
+        captions=captions if by_caption else None,
     )
     ds.index_problems.extend(bad.problems)
     return ds

@@ -38,6 +38,7 @@ from langground.data.images import image_size, pick_image_dir
 from langground.data.protocols import REFCOCO, REFCOCO_PLUS, REFCOCOG_UMD
 from langground.errors import DataError
 from langground.ops import masks as M
+from langground.tasks import get_task
 from langground.types import GroundingRecord, Phrase
 
 _PROTOCOLS = {"refcoco": REFCOCO, "refcoco+": REFCOCO_PLUS, "refcocog": REFCOCOG_UMD}
@@ -279,7 +280,7 @@ def open_mdetr(
     chosen = Path(image_dir) if image_dir else pick_image_dir(candidates, (e[3] for e in entries))
     protocol = protocol or _PROTOCOLS[dataset]
     phrases, skipped = None, {}
-    if task == "phrase":
+    if get_task(task).uses_phrases:
         phrases, skipped = _phrase_groups(entries, anns, {s: files[s] for s in splits}, bad)
         protocol = caption_protocol(protocol, "phrase")
     ds = MdetrDataset(

@@ -3,10 +3,11 @@
 Metric names are the keys ``langground.engine.metrics.Evaluator`` computes, so ``langground eval`` can
 print each benchmark's numbers in the order its papers print them:
 - ``rec/prec@0.5``: REC accuracy, box IoU >= 0.5 in original pixels (LaConvNet Sec. 5.1 "IoU@0.5").
-- ``res/oiou`` (overall IoU = sum I / sum U: LaConvNet's and DMN's "mIoU", DMN Sec. 4.2), ``res/miou``
-  (mean per-expression IoU), ``res/pr@0.5`` ... ``res/pr@0.9`` (share of expressions above X, DMN).
+- ``res/oiou`` (overall IoU = sum I / sum U: DMN's "overall IoU", DMN Sec. 4.2), ``res/miou``
+  (mean per-expression IoU; what LaConvNet's released test.py averages), ``res/pr@0.5`` ... ``res/pr@0.9`` (share of expressions above X, DMN).
 - gRefCOCO (ReLA): ``gres/ciou``, ``gres/giou``, ``gres/n_acc``, ``gres/t_acc``; the box task
-  ``grec/prec@f1`` (score >= 0.7, one-to-one matching at IoU >= 0.5, correct only when F1 = 1).
+  ``grec/prec@f1`` (score >= 0.7, the released script's greedy matching on GIoU >= 0.5, correct only when
+  F1 = 1). Every definition and where ours differs from each released script: docs/metrics.md.
 - VQA: ``vqa/acc`` overall, and per CLEVR question type (``vqa/acc/family/<type>``).
 Input sizes follow LaConvNet Sec. 5.2: 416 for REC, 320 for RES, 224 for VQA; gRefCOCO follows ReLA (480).
 """
@@ -68,7 +69,8 @@ GREFCOCO = DatasetProtocol(
     splits=UNC_SPLITS,
     eval_splits=("val", "testA", "testB"),
     box_match="all",
-    notes="ReLA: a predicted mask with < 50 positive pixels counts as no-target (LaConvNet Tab. 6: val)",
+    notes="no target by the no-target head (ReLA's evaluator); eval.gres_no_target=min_pixels gives "
+    "LaConvNet Tab. 6's rule (a mask under 50 pixels counts as no target)",
 )
 FLICKR_MERGED = DatasetProtocol(
     benchmark="Flickr30k Entities",

@@ -33,6 +33,7 @@ from langground.data.images import image_size
 from langground.data.protocols import SYNTH
 from langground.data.refer import open_refer
 from langground.errors import DataError
+from langground.tasks import get_task
 from langground.types import GroundingRecord, Phrase
 
 SYNTH_TASKS = ("rec", "res", "gref", "gres", "vqa", "phrase", "retrieval")
@@ -129,7 +130,8 @@ def open_synth(
         raise DataError(
             f"{root}: not a synthetic world (expected {root / 'synth'} and {root / 'questions.json'})"
         )
-    if task == "vqa":
+    spec = get_task(task)
+    if spec.record_unit == "question":
         return open_synth_vqa(root, split, name=name, protocol=protocol, strict=strict)
     common = dict(
         name=name,
@@ -141,15 +143,20 @@ def open_synth(
         strict=strict,
         task=task,
     )
-    if task in ("phrase", "retrieval"):
-        refer = open_refer(root, split, **{**common, "task": "rec", "protocol": caption_protocol(protocol, task)})
-        if task == "retrieval":
+    if spec.record_unit == "caption":
+        refer = open_refer(
+            root, split, **{**common, "task": "rec", "protocol": caption_protocol(protocol, task)}
+        )
+        if not spec.uses_phrases:  # retrieval: the single-target expressions are the captions
             refer.task = task
             return refer
         return SynthPhraseDataset(refer)
-    if task in ("rec", "res"):
-        return open_refer(root, split, **common)
-    return open_grefcoco(root, split, **common)
+    # Generalized tasks (a no-target head) read the gRefCOCO layout; REC / RES the refer layout.
+    return (
+        open_grefcoco(root, split, **common)
+        if "no_target" in spec.heads
+        else open_refer(root, split, **common)
+    )
 
 
 class SynthPhraseDataset(RecordDataset):
@@ -177,7 +184,9 @@ class SynthPhraseDataset(RecordDataset):
         self.captions: list[list[int]] = []
         for (_, image_id), members in by_image.items():
             members.sort()
-            self.captions.extend(compose_groups([i for _, i in members], [sid for sid, _ in members], image_id))
+            self.captions.extend(
+                compose_groups([i for _, i in members], [sid for sid, _ in members], image_id)
+            )
 
     def __len__(self) -> int:
         return len(self.captions)

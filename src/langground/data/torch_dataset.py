@@ -191,7 +191,6 @@ class GroupedByImageDataset(GroundingTorchDataset):
             )
         self.max_queries_per_image = max_queries_per_image
         by_image: dict[str, list[int]] = {}
-        self._lengths: list[int] = []
         words = []
         for i in range(len(records)):
             record = _peek(records, i)

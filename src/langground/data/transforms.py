@@ -63,9 +63,7 @@ def swap_left_right(text: str) -> str:
     return _LEFT_RIGHT_RE.sub(repl, text)
 
 
-def swap_left_right_spans(
-    text: str, spans: Sequence[Sequence[int]]
-) -> tuple[str, list[tuple[int, int]]]:
+def swap_left_right_spans(text: str, spans: Sequence[Sequence[int]]) -> tuple[str, list[tuple[int, int]]]:
     """:func:`swap_left_right` and the character ``spans`` of ``text`` moved to the new text.
 
     "left" -> "right" adds a character: a phrase after it shifts by one, a phrase around it grows by one.
@@ -178,7 +176,9 @@ class TextAwareHorizontalFlip(v2.Transform):
         if spans is None:
             texts = [swap_left_right(t) for t in texts]
         else:
-            moved = [swap_left_right_spans(t, s) for t, s in zip(texts, [spans] if single else spans, strict=True)]
+            moved = [
+                swap_left_right_spans(t, s) for t, s in zip(texts, [spans] if single else spans, strict=True)
+            ]
             texts = [t for t, _ in moved]
             out["phrase_spans"] = moved[0][1] if single else [s for _, s in moved]
         out["text"] = texts[0] if single else texts

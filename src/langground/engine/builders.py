@@ -243,7 +243,7 @@ def build_dataset(
     """The torch dataset of ``records``: one item per record, or with ``data.group_by_image`` one item per
     image holding all its records (at most ``data.max_queries_per_image`` per item), decoded and
     augmented once. ``item_lengths()`` gives the length curriculum its measure per item."""
-    from langground.data.torch_dataset import GroupedByImageDataset, GroundingTorchDataset
+    from langground.data.torch_dataset import GroundingTorchDataset, GroupedByImageDataset
     from langground.data.transforms import build_transforms
 
     kwargs: dict[str, Any] = dict(

@@ -147,8 +147,8 @@ def iterate_predictions(
     answers: Sequence[str] | None,
     device: torch.device,
     precision: Precision,
-) -> Iterator[tuple[list[GroundingRecord], list[Prediction]]]:
-    """Batches of ``(records, predictions in original pixels)``."""
+) -> Iterator[tuple[Any, list[GroundingRecord], list[Prediction]]]:
+    """Batches of ``(batch, records, predictions in original pixels)``."""
     task = get_task(config.model.task)
     for batch, outputs, records in iterate_outputs(model, loader, device, precision):
         preds = postprocess(
@@ -161,7 +161,7 @@ def iterate_predictions(
             config=config.postprocess,
             with_masks=task.decodes_masks,
         )
-        yield records, preds
+        yield batch, records, preds
 
 
 def evaluate_model(
@@ -204,7 +204,7 @@ def evaluate_model(
             total.merge(state)
         return _result(total.compute(), task.name, records, config, t0)
     evaluator = Evaluator(task.metrics, metric_settings)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []  # (position in records, row)
     kept: list[tuple[GroundingRecord, Prediction]] = []
     bar = None
     if progress and info.is_main and console is not None and console.is_terminal:
@@ -214,10 +214,15 @@ def evaluate_model(
         bar_task = bar.add_task(f"eval {getattr(records, 'split', '')}", total=len(loader))
         bar.start()
     try:
-        for batch_records, preds in iterate_predictions(model, loader, config, answers, device, precision):
+        for batch, batch_records, preds in iterate_predictions(
+            model, loader, config, answers, device, precision
+        ):
             evaluator.update_many(batch_records, preds)
             if save_predictions is not None:
-                rows.extend(prediction_row(r, p) for r, p in zip(batch_records, preds, strict=True))
+                where = [shard.indices[i] for i in batch.indices]
+                rows.extend(
+                    (k, prediction_row(r, p)) for k, r, p in zip(where, batch_records, preds, strict=True)
+                )
             if len(kept) < examples:
                 kept.extend(list(zip(batch_records, preds, strict=True))[: examples - len(kept)])
             if bar is not None:
@@ -231,9 +236,10 @@ def evaluate_model(
     if save_predictions is not None:
         gathered = D.all_gather_object(rows)
         if info.is_main:
-            by_rank = [iter(r) for r in gathered]
-            # Shards are strided (rank r holds records r, r + W, ...): interleave back to record order.
-            ordered = [row for i in range(len(records)) if (row := next(by_rank[i % info.world_size], None))]
+            # Ranks hold strided shards, and image grouping reorders a shard: back to record order.
+            ordered = [
+                row for _, row in sorted((pair for part in gathered for pair in part), key=lambda p: p[0])
+            ]
             write_jsonl_atomic(Path(save_predictions), ordered)
     return _result(total.compute(), task.name, records, config, t0, kept)
 

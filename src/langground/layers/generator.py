@@ -2,16 +2,22 @@
 
 Shapes for image features ``X: (B, d, H, W)`` and text features ``Y: (B, L, d_t)``:
 
-1. pack: ``X -> (B, d*s*s, H/s, W/s)``; add a 2-D sine position embedding (queries only);
-2. multi-head scaled dot-product attention (Eq. 4): queries ``X W_X`` (packed tokens), keys ``Y W_Y``,
-   values ``Y W_A``; padded words are masked; ``A: (B, heads, HW/s^2, L)``;
+1. pack (Sec. 3.2): ``X -> (B, d*s*s, H/s, W/s)``; add a 2-D sine position embedding to the queries
+   only. The embedding is the released code's (``layers/laconv.py`` ``ParameterGenerator``, which adds
+   DETR's ``PositionEmbeddingSine`` of raw indices before packing); the paper mentions none. Ours embeds
+   normalised coordinates of the packed grid;
+2. multi-head scaled dot-product attention (Eq. 4 and its "multi-head version"): queries ``X W_X``
+   (packed tokens), keys ``Y W_Y``, values ``Y W_A``; padded words are masked; ``A: (B, heads, HW/s^2, L)``;
 3. ``A (Y W_A) W_C`` maps each packed token back to ``d_c * s * s`` values, recovered (unpacked) to a
-   condition matrix ``C: (B, d_c, H, W)``, then ``g(.) = ReLU(BN(.))``: without a non-linearity W_C and
-   W_1 would collapse into one linear map;
+   condition matrix ``C: (B, d_c, H, W)`` (Eq. 3, Sec. 3.2). Eq. 3 wraps this in a ``g(.)`` it never
+   defines; ``g(.) = ReLU(BN(.))`` is the released code's (``ParameterGenerator.forward``): without a
+   non-linearity W_C and W_1 would collapse into one linear map;
 4. Eq. 3: ``W = C W_1 + b_1`` per position: ``(B, g, k*k, H, W)`` kernels.
 
-Widths: ``d_att`` (attention) defaults to ``max(d, 128)`` so the low-level stages still get enough
-heads x head-dim after packing; ``d_c`` defaults to ``d`` as in the paper (``C`` has the image's shape).
+Widths: ``d_att`` (attention) defaults to ``max(d, 128)`` (ours; the released code uses ``d_c``) so the
+low-level stages still get enough heads x head-dim after packing; ``d_c`` defaults to ``d`` as in the paper
+(``C`` has the image's shape; the released code widens stages 1-2 to ``d*s/2``). docs/fidelity.md lists
+every choice with its source.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class ParameterGenerator(nn.Module):
         if attn_dim % num_heads:
             raise ValueError(f"attention width {attn_dim} is not divisible by {num_heads} heads")
         self.num_heads, self.head_dim = num_heads, attn_dim // num_heads
-        # qk_norm: cosine attention with a learned per-head temperature (init 10) instead of the
+        # qk_norm (ours): cosine attention with a learned per-head temperature (init 10) instead of the
         # 1/sqrt(d) scaling. From scratch, scaled dot products start tiny and A stays uniform over the
         # words for thousands of steps: every position then gets the same kernel.
         self.qk_norm = qk_norm
@@ -66,8 +72,9 @@ class ParameterGenerator(nn.Module):
         self.norm: nn.Module = nn.BatchNorm2d(cond_dim)
         self.act = nn.ReLU(inplace=True)
         self.kernel = nn.Conv2d(cond_dim, kernel_size * kernel_size * groups, 1)  # W_1, b_1
-        # Kernels start as an averaging filter plus a random part of about the same size (var ~ 0.5/k^2
-        # for unit-variance C), so the output of the dynamic conv keeps the scale of its input.
+        # Ours (paper silent, the code uses PyTorch's default init): kernels start as an averaging filter
+        # plus a random part of about the same size (var ~ 0.5/k^2 for unit-variance C), so the output of
+        # the dynamic conv keeps the scale of its input.
         nn.init.normal_(self.kernel.weight, std=1.0 / (kernel_size * math.sqrt(cond_dim)))
         nn.init.constant_(self.kernel.bias, 1.0 / (kernel_size * kernel_size))
 
@@ -118,7 +125,9 @@ class ParameterGenerator(nn.Module):
 class LanguageKernelGenerator(nn.Module):
     """ "Language only" ablation (Tab. 10): kernels from the sentence alone, shared over positions.
 
-    Returns ``(B, g, k*k)`` kernels (no attention maps).
+    Tab. 10 does not say how the kernels are predicted and the released code has no such ablation: the
+    masked mean of the words through a 2-layer MLP is ours. Returns ``(B, g, k*k)`` kernels (no attention
+    maps).
     """
 
     def __init__(self, text_dim: int, kernel_size: int, groups: int, hidden: int = 256):

@@ -57,6 +57,9 @@ class Task:
     uses_phrases: ClassVar[bool] = False
     #: evaluation decodes ``pred_masks`` (box tasks skip the cost)
     decodes_masks: ClassVar[bool] = False
+    #: what one record of a loader is for this task: ``expression`` (a referring expression), ``question``
+    #: or ``caption`` (a whole caption: its phrases, or the text of an image-text pair)
+    record_unit: ClassVar[str] = "expression"
 
     def loss_terms(self, outputs: Mapping[str, Any], targets: Targets, **options: Any) -> dict[str, Tensor]:
         """Unweighted ``loss_<name>`` terms of one prediction dict (the final layer's or an aux layer's)."""

@@ -67,6 +67,7 @@ class PhraseGrounding(Task):
     loss_weights = {"giou": 2.0, "l1": 5.0}
     loss_options = {"box_target": "merged"}
     uses_phrases = True
+    record_unit = "caption"
 
     def loss_terms(self, outputs: Mapping[str, Any], targets: Targets, **options: Any) -> dict[str, Tensor]:
         return phrase_box_terms(outputs, targets, options["box_target"])
@@ -76,10 +77,14 @@ class PhraseGrounding(Task):
             raise ValueError(
                 "phrase outputs must carry query_mask (N, Q): the phrases' mask, echoed by the model"
             )
-        queries = outputs["query_mask"][i].bool().nonzero().flatten().tolist()
+        real = outputs["query_mask"][i].bool()
+        count = int(real.nonzero().max()) + 1 if bool(real.any()) else 0  # trailing padding dropped
         scores = outputs.get("pred_scores")
         phrases = []
-        for q in queries:
+        for q in range(count):  # slot q is record.phrases[q]; a masked slot inside stays an empty answer
+            if not bool(real[q]):
+                phrases.append(D.empty_prediction())
+                continue
             score = 1.0 if scores is None else float(scores[i, q].clamp(0.0, 1.0))
             boxes, score_arr = D.decode_box(outputs["pred_boxes"][i, q], score, frame)
             phrases.append(Prediction(boxes=boxes, scores=score_arr))

@@ -72,6 +72,7 @@ class Retrieval(Task):
     metrics = ("retrieval",)
     primary_metric = "retrieval/rsum"
     loss_weights = {"itc": 1.0}
+    record_unit = "caption"
 
     def loss_terms(self, outputs: Mapping[str, Any], targets: Targets, **options: Any) -> dict[str, Tensor]:
         return contrastive_terms(outputs, targets)

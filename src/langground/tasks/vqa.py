@@ -23,6 +23,7 @@ class VQA(Task):
     primary_metric = "vqa/acc"
     loss_weights = {"answer": 1.0}
     needs_answers = True
+    record_unit = "question"
 
     def loss_terms(self, outputs: Mapping[str, Any], targets: Targets, **options: Any) -> dict[str, Tensor]:
         return terms.answer_terms(outputs, targets)
