@@ -95,6 +95,17 @@ def test_a_dual_encoder_trains_and_is_scored_over_the_gallery(world, tmp_path):
         assert by_8.metrics["retrieval/count"] == len(records)
         assert by_8.metrics["retrieval/count/images"] == len(images)
 
+        # With whole images per batch the vision tower sees each distinct image once, with the same metrics.
+        ckpt.model.images_encoded = 0
+        evaluate_model(ckpt.model, records, ckpt.config, ckpt.vocab, None, batch_size=8, **kwargs)
+        assert ckpt.model.images_encoded == len(records)
+        ckpt.config.data.group_by_image = True
+        ckpt.model.images_encoded = 0
+        grouped = evaluate_model(ckpt.model, records, ckpt.config, ckpt.vocab, None, batch_size=4, **kwargs)
+        assert ckpt.model.images_encoded == len(images) < len(records)
+        assert grouped.metrics == pytest.approx(by_8.metrics, abs=1e-6)
+        ckpt.config.data.group_by_image = False
+
         # R@1 text->image by brute force over embeddings computed one record at a time.
         scorer = get_task("retrieval").output_scorer(None)
         from langground.engine.builders import Precision, build_dataset, make_loader

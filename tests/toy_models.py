@@ -101,6 +101,45 @@ class ToyGatedREC(GroundingModel):
         }
 
 
+class ToyPhraseGrounder(GroundingModel):
+    """Phrase queries: the mean of a phrase's word embeddings, with the caption's image features, -> a box."""
+
+    supported_tasks = ("phrase",)
+
+    def __init__(self, task: str, input_size: int, max_text_length: int, vocab_size: int, **_: Any):
+        super().__init__(task, input_size, max_text_length, vocab_size, model_config={})
+        self.vision = nn.Sequential(
+            nn.Conv2d(3, 16, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()
+        )
+        self.embed = nn.Embedding(vocab_size, 32)
+        self.box = nn.Sequential(nn.Linear(32 + 64, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def forward_unchecked(self, images: Tensor, text: TextBatch, **queries: Any) -> dict[str, Any]:
+        phrases = queries["phrases"]
+        words = self.embed(text.token_ids)  # (N, L, D)
+        columns = torch.arange(words.shape[1], device=words.device)
+        start, end = phrases.spans[..., :1], phrases.spans[..., 1:]
+        inside = ((columns >= start) & (columns < end)).float()  # (N, Q, L)
+        query = inside @ words / inside.sum(-1, keepdim=True).clamp_min(1)
+        pixels = (
+            self.vision(images).index_select(0, _rows(text, images))[:, None].expand(-1, query.shape[1], -1)
+        )
+        return {
+            "pred_boxes": torch.sigmoid(self.box(torch.cat([query, pixels], dim=-1))),
+            "query_mask": phrases.mask,
+        }
+
+
+def _rows(text: TextBatch, images: Tensor) -> Tensor:
+    if text.image_index is None:
+        return torch.arange(images.shape[0], device=images.device)
+    return text.image_index.to(images.device)
+
+
+def toy_phrase_grounder(**kwargs: Any) -> ToyPhraseGrounder:
+    return ToyPhraseGrounder(**kwargs)
+
+
 def toy_dual_encoder(**kwargs: Any) -> ToyDualEncoder:
     return ToyDualEncoder(**kwargs)
 
@@ -110,7 +149,7 @@ def toy_gated_rec(**kwargs: Any) -> ToyGatedREC:
 
 
 def register_toy_models() -> None:
-    for fn in (toy_dual_encoder, toy_gated_rec):
+    for fn in (toy_dual_encoder, toy_gated_rec, toy_phrase_grounder):
         if not registry.is_model(fn.__name__):
             registry.register_model(fn)
 
@@ -122,5 +161,5 @@ class registered_toy_models:  # noqa: N801  (a context manager used like a funct
         register_toy_models()
 
     def __exit__(self, *exc: Any) -> None:
-        for fn in (toy_dual_encoder, toy_gated_rec):
+        for fn in (toy_dual_encoder, toy_gated_rec, toy_phrase_grounder):
             registry._MODELS.pop(fn.__name__, None)

@@ -20,7 +20,8 @@ def _channels_last(t: Tensor) -> bool:
 def channel_groups(
     channels: int, groups: int, interleaved: bool, device: torch.device | None = None
 ) -> Tensor:
-    """Index of the kernel group used by each channel: ``c // (C/g)`` (contiguous) or ``c % g``."""
+    """Index of the kernel group used by each channel: ``c // (C/g)`` (contiguous: Eq. 2's split into
+    consecutive groups) or ``c % g`` (interleaved: the released code's SAN ``Aggregation`` kernel)."""
     c = torch.arange(channels, device=device)
     return c % groups if interleaved else c // (channels // groups)
 

@@ -64,12 +64,12 @@ class ParameterGenerator(nn.Module):
         if qk_norm:
             self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
         packed = dim * s * s
-        self.pos = PositionEmbeddingSine2d(packed)
+        self.pos = PositionEmbeddingSine2d(packed)  # the released code's idea, not the paper's
         self.query = nn.Conv2d(packed, attn_dim, 1)  # W_X, on packed tokens
         self.key = nn.Linear(text_dim, attn_dim)  # W_Y
         self.value = nn.Linear(text_dim, attn_dim)  # W_A
         self.out = nn.Conv2d(attn_dim, cond_dim * s * s, 1, bias=False)  # W_C, then recovery
-        self.norm: nn.Module = nn.BatchNorm2d(cond_dim)
+        self.norm: nn.Module = nn.BatchNorm2d(cond_dim)  # g = ReLU(BN): the released code's g of Eq. 3
         self.act = nn.ReLU(inplace=True)
         self.kernel = nn.Conv2d(cond_dim, kernel_size * kernel_size * groups, 1)  # W_1, b_1
         # Ours (paper silent, the code uses PyTorch's default init): kernels start as an averaging filter

@@ -12,7 +12,12 @@ from langground.layers.mlp import ConvMLP
 
 
 class LaConv(nn.Module):
-    """``X' = f(X; phi(X, Y))`` (Eq. 1): generated kernels, dropout on the kernels, dynamic conv.
+    """``X' = f(X; phi(X, Y))`` (Eq. 1): generated kernels, dropout on the kernels, dynamic conv (Eq. 2).
+
+    Kernel dropout (default 0.1) is the released code's (``layers/laconv.py`` ``LaConv``,
+    ``weight_dropout=0.1``); the paper does not mention it. ``interleaved=True`` assigns channel ``c`` to
+    kernel group ``c % g`` as the code's SAN ``Aggregation`` kernel does; the default is Eq. 2's split into
+    ``g`` consecutive channel groups.
 
     ``forward(x, text, text_mask) -> (out (B, C, H, W), attention maps (B, L, h', w') or None)``.
     """
@@ -53,7 +58,11 @@ class LaConv(nn.Module):
 
 
 class LaConvBlock(nn.Module):
-    """Eq. 5-6: ``X' = act(BN(LaConv(X)) + X)``; ``X_out = MLP(X') + X'`` (1x1 convs, expansion 4)."""
+    """Eq. 5-6: ``X' = act(BN(LaConv(X)) + X)``; ``X_out = MLP(X') + X'`` (1x1 convs, expansion 4).
+
+    As Eq. 5 writes it: no activation after the MLP residual (the released ``LaConvBlock`` adds a SiLU
+    there). ``act`` is Eq. 5's unnamed sigma; SiLU, the released code's, by default.
+    """
 
     def __init__(self, dim: int, text_dim: int, act: str = "silu", mlp_ratio: int = 4, **laconv_kwargs):
         super().__init__()

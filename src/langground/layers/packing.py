@@ -1,4 +1,9 @@
-"""Pixel packing (Sec. 3.2): s x s neighbourhoods become one token, and the inverse recovery."""
+"""Pixel packing (Sec. 3.2): s x s neighbourhoods become one token, and the inverse recovery.
+
+Channel ``c * s * s + dy * s + dx`` of a token holds channel ``c`` of pixel ``(dy, dx)`` of its block: the
+order of the released code's ``pixel_packing`` / ``token_recovering`` (``layers/laconv.py``); the paper only
+says each token is the concatenation of its ``s x s`` local features.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""2-D sine position embedding (Transformer-style, on normalized coordinates)."""
+"""2-D sine position embedding (Transformer-style, on normalized coordinates).
+
+LaConv adds it to the queries of its parameter generator. The paper mentions no position embedding; the
+released code (``layers/laconv.py`` ``PositionEmbeddingSine``, DETR's) embeds raw 1-based row/column
+indices at full resolution. Ours embeds normalised cell centres, so it does not depend on the map size.
+"""
 
 from __future__ import annotations
 

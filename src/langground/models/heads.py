@@ -1,12 +1,21 @@
 """Task heads on top of a backbone's stage features (shared by LaConvNet and later models).
 
-- :class:`MultiScaleFusion` — top-down + bottom-up fusion of the last three stages (Sec. 5.2, "a simple
-  multi-scale fusion module"), output at one stride.
+Sources (LaConvNet; docs/fidelity.md has the full table):
+
+- :class:`MultiScaleFusion` — top-down + bottom-up fusion of the last three stages, output at one stride.
+  It stands in for Sec. 5.2's "simple multi-scale fusion module [54]" (MCN); the released code uses
+  YOLOX's CSP ``PAFPN``. The layout and widths are ours.
 - :class:`BoxHead` — anchor-free one-box detection: every cell predicts objectness and a box; the
-  highest-objectness cell is the answer (generalized REC keeps all cells' boxes and logits).
-- :class:`SegHead` — dilated context on the last stage, top-down fusion to stride 4, mask logits.
-- :class:`VQAHead` / :class:`NoTargetHead` — attentive pooling of the last visual map and of the text,
-  added, then an MLP over answers (or one no-target logit).
+  highest-objectness cell is the answer (generalized REC keeps all cells' boxes and logits). Anchor-free
+  like the released code's YOLOX-style ``REChead`` (one output at stride 32); Sec. 5.2 cites "a detection
+  head [68]", which it calls anchor-based for ViLT. The bounded decoding is ours.
+- :class:`SegHead` — dilated context on the last stage, top-down fusion to stride 4, mask logits (ours;
+  the released ``REShead`` is an ASPP on a stride-8 map upsampled x8).
+- :class:`VQAHead` — attentive pooling of the last visual map and of the text, added, then an MLP over
+  answers (Sec. 5.2; the LayerNorm after the sum is ours).
+- :class:`NoTargetHead` — the same pooling and one no-target logit (ours: LaConvNet's Tab. 6 uses no such
+  head but counts masks under 50 pixels as no-target).
+- :class:`TextGate` — MCN's language gate before the neck (ours for LaConvNet; off by default).
 """
 
 from __future__ import annotations
@@ -63,7 +72,9 @@ class TextGate(nn.Module):
 
     def forward(self, feats: list[Tensor], text: Tensor, text_mask: Tensor | None) -> list[Tensor]:
         sentence = self.pool(text, text_mask)
-        return [x * lin(sentence).to(x.dtype)[:, :, None, None] for x, lin in zip(feats, self.proj, strict=True)]
+        return [
+            x * lin(sentence).to(x.dtype)[:, :, None, None] for x, lin in zip(feats, self.proj, strict=True)
+        ]
 
 
 class MultiScaleFusion(nn.Module):
@@ -108,9 +119,11 @@ class MultiScaleFusion(nn.Module):
 class BoxHead(nn.Module):
     """Anchor-free dense box head: per cell ``(tx, ty, tw, th, objectness)``.
 
-    Decoding (normalized canvas units): ``cx = (j + 0.5 + r * tanh(tx)) / W``, ``cy`` likewise,
-    ``w = sigmoid(tw)``, ``h = sigmoid(th)``: bounded, so a cell up to ``r`` cells from the referent's
-    centre can still reach it, and no exp() can overflow. Centres are clamped to the canvas.
+    Anchor-free as the released code's ``REChead`` (``models/laconvnet_det/head.py``, YOLOX-style), not the
+    anchor-based head [68] the paper cites. Decoding (ours; normalized canvas units):
+    ``cx = (j + 0.5 + r * tanh(tx)) / W``, ``cy`` likewise, ``w = sigmoid(tw)``, ``h = sigmoid(th)``:
+    bounded, so a cell up to ``r`` cells from the referent's centre can still reach it, and no exp() can
+    overflow (the released code decodes ``(t + grid) * stride`` and ``exp(t) * stride``). Centres are clamped to the canvas.
     """
 
     def __init__(
@@ -208,7 +221,11 @@ class VQAHead(nn.Module):
 
 
 class NoTargetHead(nn.Module):
-    """One logit per sample: does the expression refer to nothing (gRefCOCO)?"""
+    """One logit per sample: does the expression refer to nothing (gRefCOCO)?
+
+    Ours: LaConvNet's Tab. 6 has no no-target classifier (its rows carry no dagger) and decides by the
+    50-pixel mask rule instead (``eval.gres_no_target: min_pixels``).
+    """
 
     def __init__(self, vis_dim: int, text_dim: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()

@@ -1,6 +1,6 @@
 """LaConvNet (Luo et al.): a fully language-driven convolution network built from LaConv blocks.
 
-Variants (Table 1; widths/packing/groups/kernels per stage, blocks per stage):
+Variants (per stage: widths, packing, kernel groups, kernel sizes, blocks):
 
 ==============  ========================  =========  ==========  =========  ============
 variant         widths                    packing s  groups g    kernels k  blocks
@@ -10,14 +10,21 @@ laconvnet_b     16 / 64 / 128 / 256 / 512 8/4/2/1/1  4/4/8/8/16  3/7/7/7/7  3/3/
 laconvnet_t     16 / 32 / 64 / 96 / 128   8/4/2/1/1  4/4/8/8/8   3/5/5/5/5  1/1/1/1/1
 ==============  ========================  =========  ==========  =========  ============
 
+Sources: widths, packing s and blocks are Table 1; kernels are Table 1 (3x3 then 7x7) and Tab. 10's
+"kernels=[3,7,7,7,7]" (the released S/B use 3 then 5 (then 7) within stage 1); the groups 4/4/8/8/16
+are the released code's (``models/visual_encoder.py``): the paper gives none. docs/fidelity.md lists every
+choice with its source and switch.
+
 ``laconvnet_t`` is ours (not in the paper): a CPU-trainable model for the synthetic world (<= 256^2,
 ~60-word vocabulary) with a 64-d embedding, 128-d GRU + self-attention text encoder, 4 attention heads and
 a 64-d neck predicting boxes at stride 16. S and B use GloVe-sized 300-d words, a 512-d LSTM + one
-self-attention layer (8 heads, FFN 2048) as in Sec. 5.2, and a 288-d neck predicting at stride 32.
+self-attention layer (8 heads, FFN 2048) as in Sec. 5.2 (the words start random unless ``glove_path`` is
+given: Sec. 5.2 uses GloVe), and a 288-d neck (ours) predicting at stride 32.
 
 Layout: stride-2 stem (Table 1's "16-d linear" + first pool, as one 3x3 conv), stage 1 at stride 2, then
 before each later stage a "2x2 stride 2 pool" that also changes the width (a 2x2/stride-2 conv + BN, i.e. a
-linear map of each 2x2 patch). Stage i ends at stride 2^i (C1..C5).
+linear map of each 2x2 patch, as the released code's space-to-depth + 1x1 conv, without its SiLU).
+Stage i ends at stride 2^i (C1..C5).
 
 Ablations (Tab. 10-11) as keyword arguments: ``pixel_packing=False``, ``language_only=True``,
 ``groups=1``, ``kernel_size=3``, ``block="film" | "qghc"``.
@@ -62,7 +69,7 @@ class LaConvNetConfig:
     num_answers: int = 0
     input_size: int | None = None  # None: the paper's size for the task (416 / 320 / 224)
     max_text_length: int = 32
-    # backbone (Table 1)
+    # backbone: Table 1 (dims, depths, packing, kernels); groups from the released code
     dims: PerStage = (16, 64, 128, 256, 512)
     depths: PerStage = (2, 1, 2, 4, 1)
     groups: PerStage = (4, 4, 8, 8, 16)
@@ -71,15 +78,15 @@ class LaConvNetConfig:
     pixel_packing: bool = True  # False: the "no pixel packing" ablation (s = 1 everywhere)
     language_only: bool = False  # True: kernels from the sentence only, shared over positions
     block: str = "laconv"  # "laconv" | "film" | "qghc"
-    attn_min_dim: int = 128  # attention width of a stage = max(width, attn_min_dim)
+    attn_min_dim: int = 128  # ours: attention width of a stage = max(width, attn_min_dim)
     num_heads: int = 8
-    attn_qk_norm: bool = False  # cosine attention with a learned temperature (trains faster from scratch)
-    kernel_dropout: float = 0.1
-    interleaved_groups: bool = False  # channel c uses kernel group c % g (the authors' CUDA kernel)
+    attn_qk_norm: bool = False  # ours: cosine attention, learned temperature (trains faster from scratch)
+    kernel_dropout: float = 0.1  # the released code's LaConv weight_dropout (paper: silent)
+    interleaved_groups: bool = False  # channel c uses kernel group c % g (the released code's SAN kernel)
     mlp_ratio: int = 4
     act: str = "silu"
     # language encoder (Sec. 5.2)
-    text_encoder: str = "lstm"  # "lstm" | "gru" | "minilm"
+    text_encoder: str = "lstm"  # "lstm" (Sec. 5.2) | "gru" (the released code's) | "minilm"
     word_dim: int = 300
     text_dim: int = 512
     text_heads: int = 8
