@@ -6,7 +6,7 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from langground.bench import bench_text, benchmark_model, count_macs
+from langground.bench import benchmark_model, count_macs
 from langground.bench.core import BENCH_VOCAB
 from langground.cli.bench import bench
 from langground.layers import DynamicConv
@@ -55,23 +55,8 @@ def test_paper_budgets_of_s_and_b(name, params, macs):
     assert sum(p.numel() for p in m.parameters()) == r.params
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "ablation, params, macs",
-    [
-        ({"groups": 1}, 22e6, 8.0e9),
-        ({"kernel_size": 3}, 22e6, 8.1e9),
-        ({"pixel_packing": False}, 22e6, 9.1e9),
-        ({"language_only": True}, 19e6, 6.4e9),
-    ],
-)
-def test_table10_ablation_budgets_of_s(ablation, params, macs):
-    """Tab. 10 (LaConvNet-S, REC, 416^2): each ablation within 10% of the paper's (rounded) figures."""
-    m = create_model("laconvnet_s", vocab_size=BENCH_VOCAB, input_size=416, **ablation)
-    n = sum(p.numel() for p in m.parameters())
-    total = count_macs(m, torch.randn(1, 3, 416, 416), bench_text(1, BENCH_VOCAB)).total
-    assert abs(n / params - 1) < 0.10, (ablation, n)
-    assert abs(total / macs - 1) < 0.10, (ablation, total)
+# Tab. 10 ablation budgets: tests/test_models_laconvnet.py::test_table10_ablation_budgets_of_s (exact
+# shape arithmetic, MAC tolerances tighter than each ablation's effect).
 
 
 def test_benchmark_model_tiny():

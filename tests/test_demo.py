@@ -22,7 +22,39 @@ TOY = [
     "run.tensorboard=false",
     "run.progress=false",
     "data.eval_limit=16",
+    # The preset ends its run by max_steps / max_minutes, not epochs: without these two the toy demo
+    # trained for the preset's full 10 minutes.
+    "run.max_steps=24",
+    "run.max_minutes=5",
 ]
+STEPS = 24
+
+
+def _recompute(out_dir, split):
+    """Prec@0.5, mIoU and per-family Prec@0.5 of the run's best weights on a whole split, through the public
+    Grounder and torchvision's box_iou: independent of the evaluator the demo uses."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    from langground.config import load_config
+    from langground.engine.builders import open_split
+    from langground.inference.grounder import Grounder
+    from langground.inference.images import load_image
+
+    records = open_split(load_config(out_dir / "run" / "config.yaml").data, split)
+    grounder = Grounder.from_pretrained(out_dir / "run" / "best", device="cpu")
+    ious, families = [], {}
+    for rec in records:
+        (res,) = grounder.predict(load_image(rec.image_path), [rec.text])
+        b = res["box"]
+        gt = torch.as_tensor(np.asarray(rec.boxes, np.float32).reshape(-1, 4))
+        iou = float(box_iou(torch.tensor([[b["xmin"], b["ymin"], b["xmax"], b["ymax"]]]), gt).max())
+        ious.append(iou)
+        families.setdefault(rec.family, []).append(iou >= 0.5)
+    hits = [i >= 0.5 for i in ious]
+    per_family = {f: sum(v) / len(v) for f, v in families.items()}
+    return len(records), sum(hits) / len(hits), sum(ious) / len(ious), per_family
 
 
 @pytest.mark.slow
@@ -36,9 +68,26 @@ def test_demo_runs_and_resumes(tmp_path):
     assert first.exit_code == 0, first.output
     assert "generated" in first.stdout and "testA" in first.stdout and "cogentB" in first.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    # the recipe ran as configured: all its steps, and the figures come from best/, the best validation
+    assert (result["status"], result["step"], result["total_steps"], summary["steps"]) == (
+        "completed",
+        STEPS,
+        STEPS,
+        STEPS,
+    )
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["rec/prec@0.5"] for r in lines if r.get("kind") == "val"}
+    assert val and result["best_value"] == max(val.values()) == val[result["best_step"]]
+    assert summary["checkpoint"] == str(tmp_path / "run" / "best")
+    # the reported figures are what an independent evaluation of those weights gives, on whole splits
     for split in ("testA", "cogentB"):
         fig = summary["splits"][split]
-        assert 0.0 <= fig["prec@0.5"] <= 1.0 and fig["count"] > 0 and fig["per_family_prec@0.5"]
+        count, prec, miou, per_family = _recompute(tmp_path, split)
+        assert fig["count"] == count > 0, split
+        assert fig["prec@0.5"] == pytest.approx(prec, abs=1e-9), split  # a fraction of `count`: exact
+        assert fig["miou"] == pytest.approx(miou, abs=1e-3), split  # measured 2e-5 apart (float paths)
+        assert fig["per_family_prec@0.5"] == pytest.approx(per_family, abs=1e-9), split
     with Image.open(tmp_path / "predictions_grid.png") as grid:
         assert grid.width > 4 * 100 and grid.height > 100
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

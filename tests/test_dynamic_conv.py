@@ -99,7 +99,9 @@ def test_gradcheck(path, interleaved):
     x, wt, _ = _inputs(1, 4, 4, 5, 2, 3)  # full Jacobians
     assert torch.autograd.gradcheck(lambda a, b: laconv_fast(a, b, 3, 1, interleaved), (x, wt))
     x, wt, _ = _inputs(2, 4, 6, 7, 4, 5)  # random projections of them (fast_mode), dilation 2
-    assert torch.autograd.gradcheck(lambda a, b: laconv_fast(a, b, 5, 2, interleaved), (x, wt), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: laconv_fast(a, b, 5, 2, interleaved), (x, wt), fast_mode=True
+    )
 
 
 def test_definition_one_hot_kernels_shift_the_image():
@@ -176,7 +178,8 @@ def _peak_bytes(fn):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
     )
     live = peak = 0
     for e in events:
@@ -259,5 +262,7 @@ _TRITON_CHECK = textwrap.dedent(
 def test_triton_kernels_in_interpreter():
     """The CUDA kernels, run on CPU by Triton's interpreter (a fresh process: it is chosen at import)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    res = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
