@@ -1,7 +1,19 @@
-"""Latency (median over warm runs) and peak resident-memory growth of a callable."""
+"""Latency (median over warm runs) and the memory of a callable: its peak of allocated tensor memory
+(what the allocator hands out: activations, temporaries, outputs) and its resident-memory growth.
+
+Why not RSS alone: freed tensor memory stays in the process (glibc keeps freed heap pages, and raises
+its mmap threshold after the first large frees), so a second forward reuses pages that the first one
+touched and the RSS barely moves (the old bench read ~5 MiB at every model size). The allocator's own
+accounting sees every allocation and free: on CUDA its peak statistics, on CPU the allocation events
+that ``torch.profiler`` records with ``profile_memory=True`` (summed in time order). The RSS growth is
+measured after returning freed heap pages to the OS (``malloc_trim``), so it sees the pages the call
+touches again, plus what lives outside the allocator (oneDNN's packed weights, the compiler's memory).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import statistics
 import threading
@@ -95,3 +107,72 @@ class PeakRSS:
     @property
     def delta(self) -> int:
         return max(0, self.peak - self.start)
+
+
+def release_free_heap() -> bool:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim(0)``); False where unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+@dataclass
+class MemoryReport:
+    """Memory of one call of a callable (bytes)."""
+
+    peak_bytes: int  # peak of allocated tensor memory above the level at the call's start
+    retained_bytes: int  # allocated during the call and still allocated after it (its output, caches)
+    rss_delta_bytes: int  # peak resident-set growth during the call (after malloc_trim)
+    method: str  # how peak_bytes was measured: "cuda allocator" | "torch.profiler" | "unavailable"
+
+
+def _live_bytes(prof: Any) -> tuple[int, int] | None:
+    """``(peak, final)`` of the CPU allocator's live bytes over a profiled call, from its allocation
+    events (+bytes) and frees (-bytes) in time order; None when this torch does not expose them."""
+    from torch.autograd import DeviceType
+
+    cpu_kinds = {DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP}  # oneDNN tensors included
+    try:
+        events = sorted(
+            (e.start_ns(), int(e.nbytes()))
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]" and e.device_type() in cpu_kinds
+        )
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak, live
+
+
+def measure_memory(fn: Callable[[], Any], device: str = "cpu") -> MemoryReport:
+    """Peak allocated memory and RSS growth of one call of ``fn`` (run it warm: after a first call,
+    so one-time work is not counted). What was allocated before the call (the weights) is not counted;
+    the result of ``fn`` is (it is alive at the end of the call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    release_free_heap()
+    method, peak, retained = "unavailable", 0, 0
+    with PeakRSS() as rss:
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - before
+            retained = torch.cuda.memory_allocated() - before
+            method = "cuda allocator"
+        else:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                out = fn()
+            live = _live_bytes(prof)
+            if live is not None:
+                (peak, retained), method = live, "torch.profiler"
+    del out
+    return MemoryReport(max(0, peak), retained, rss.delta, method)

@@ -13,14 +13,32 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from langground import __version__
+
+        typer.echo(f"langground {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Language-guided visual grounding: data, train, eval, predict, bench."""
+
+
 def _mount() -> None:
     # Each module owns one command group; mounting happens here so `langground --help` lists all.
     from langground.cli import data
 
     app.add_typer(data.app, name="data")
-    from langground.cli.bench import bench
+    from langground.cli.bench import bench, models
 
     app.command("bench")(bench)
+    app.command("models")(models)
     from langground.cli.demo import demo
     from langground.cli.predict import predict
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -26,11 +27,23 @@ def _human(n: float, unit: str = "") -> str:
 @user_errors
 def bench(
     model: str = typer.Option(
-        ..., "--model", "-m", help="Registered model name (see `langground bench --help`)."
+        None, "--model", "-m", help="Registered model name (`langground models` lists them)."
     ),
-    task: str = typer.Option("rec", help="rec | res | gref | gres | vqa"),
-    size: int = typer.Option(416, help="Square input side in pixels."),
-    batch: int = typer.Option(1, help="Batch size."),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        "-c",
+        help="Bench a trained model: checkpoint or run directory (its task, vocabulary and input size).",
+    ),
+    task: str = typer.Option(None, help="rec | res | gref | gres | vqa (default rec, or the checkpoint's)."),
+    size: int = typer.Option(None, help="Square input side in pixels (default 416, or the checkpoint's)."),
+    vocab_size: int = typer.Option(
+        None,
+        "--vocab-size",
+        help="Words in the text embedding (default: the model's own, e.g. 100 for laconvnet_t, 10000 for "
+        "S/B as in the paper's Table 2).",
+    ),
+    batch: int = typer.Option(1, help="Batch size (latency is reported per batch and per sample)."),
     threads: int = typer.Option(2, help="torch intra-op threads."),
     warmup: int = typer.Option(5, help="Untimed warm-up calls (compilation happens here)."),
     runs: int = typer.Option(20, help="Timed calls; the median is reported."),
@@ -41,7 +54,7 @@ def bench(
     ),
     dtype: DType = typer.Option(DType.fp32, help="Weights and activations: fp32 or bf16."),
     fuse_bn: bool = typer.Option(True, "--fuse-bn/--no-fuse-bn", help="Fold BatchNorm into convs."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Parameters, MACs and FLOPs (papers' "FLOPs" are MACs), median latency and peak memory."""
     from langground.bench import benchmark_model
@@ -59,6 +72,8 @@ def bench(
         dtype=dtype.value,
         fuse_bn=fuse_bn,
         device=device,
+        vocab_size=vocab_size,
+        checkpoint=checkpoint,
     )
     if json_out:
         typer.echo(json.dumps(r.to_dict()))
@@ -67,6 +82,7 @@ def bench(
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("parameters", f"{_human(r.params)} ({r.params:,}; trainable {r.trainable_params:,})")
+    table.add_row("vocabulary", f"{r.vocab_size:,} words ({r.vocab_source}; --vocab-size N to change)")
     table.add_row("MACs (= papers' FLOPs)", f"{_human(r.macs)} ({r.macs:,})")
     table.add_row("FLOPs (2 x MACs)", _human(r.flops))
     for name, macs in r.macs_by_module.items():
@@ -74,18 +90,50 @@ def bench(
     for name, macs in r.macs_by_formula.items():
         table.add_row(f"  by formula: {name}", _human(macs))
     table.add_row(
-        "latency (median)",
+        f"latency per batch of {r.batch} (median)",
         f"{r.latency_ms:.1f} ms  (min {r.latency_min_ms:.1f}, p90 {r.latency_p90_ms:.1f}; {r.runs} runs)",
     )
+    table.add_row("latency per sample", f"{r.latency_per_sample_ms:.1f} ms  (per batch / {r.batch})")
     table.add_row("first call", f"{r.first_call_ms:.0f} ms")
     table.add_row(
         "settings",
         f"{r.device}, {r.threads} threads, {r.dtype}, compile={r.compile}, channels_last={r.channels_last}, "
         f"fuse_bn={r.fuse_bn}",
     )
+    table.add_row("weights", f"{r.weights_mb:.1f} MiB")
     table.add_row(
-        "peak memory (RSS delta)", f"{r.peak_rss_delta_mb:.1f} MiB  (weights {r.weights_mb:.1f} MiB)"
+        "peak activations",
+        f"{r.peak_activation_mb:.1f} MiB  (one forward: tensors allocated above the weights, by the "
+        f"{r.memory_method})",
+    )
+    table.add_row(
+        "RSS growth",
+        f"{r.peak_rss_delta_mb:.1f} MiB in one forward, {r.first_call_rss_delta_mb:.1f} MiB over the first "
+        "calls (weight packing, compilation)",
     )
     load = ", ".join(f"{v:.2f}" for v in r.loadavg_before)
     table.add_row("load average before", f"{load}  (latency is only meaningful on an idle machine)")
     console.print(table)
+
+
+@user_errors
+def models(
+    tasks: bool = typer.Option(True, "--params/--no-params", help="Count parameters (builds each model)."),
+) -> None:
+    """The registered models, the tasks each supports and its parameters at default settings."""
+    from langground.bench.core import describe_models
+
+    table = Table(title="registered models")
+    table.add_column("model", style="bold")
+    table.add_column("tasks")
+    table.add_column("params (defaults)", justify="right")
+    table.add_column("description")
+    for info in describe_models(count_params=tasks):
+        count = "–" if info.params is None else f"{_human(info.params)} (vocab {info.vocab_size:,})"
+        table.add_row(info.name, ", ".join(info.tasks) or "?", count, info.description)
+    console.print(table)
+    console.print(
+        "params: task rec at the model's default input size and vocabulary; `langground bench --model NAME "
+        "--vocab-size N` for others",
+        highlight=False,
+    )

@@ -15,42 +15,69 @@ from langground.cli._common import console, err_console, fail, user_errors
 from langground.errors import LanggroundError
 
 
-def _resolve_train_config(preset: str | None, overrides: list[str], resume: Path | None):  # -> Config
+def _resolve_train_config(preset: str | None, overrides: list[str], resume_dir: Path | None):  # -> Config
     from langground.config import apply_overrides, load_config, load_preset
 
     if preset is not None:
         return load_preset(preset, overrides)
-    if resume is not None:
-        config_file = resume / "config.yaml"
+    if resume_dir is not None:
+        config_file = resume_dir / "config.yaml"
         if not config_file.is_file():
-            raise LanggroundError(f"{resume}: cannot resume: not a run directory (config.yaml missing)")
+            raise LanggroundError(f"{resume_dir}: cannot resume: not a run directory (config.yaml missing)")
         return apply_overrides(load_config(config_file), overrides).validate()
     raise LanggroundError("no config: pass --preset NAME (see `langground presets`) or --resume RUN_DIR")
 
 
+def _resume_dir(resume: bool, run_dir: Path | None, out: Path | None) -> Path | None:
+    """The run directory ``--resume`` continues: ``RUN_DIR`` or ``--out`` (the same one if both)."""
+    if not resume:
+        if run_dir is not None:
+            raise LanggroundError(
+                f"unexpected argument {run_dir}: a run directory argument is for --resume; a new run takes "
+                "--out RUN_DIR"
+            )
+        return None
+    if run_dir is not None and out is not None and run_dir.resolve() != out.resolve():
+        raise LanggroundError(f"--out {out} and --resume {run_dir} name different run directories")
+    where = run_dir or out
+    if where is None:
+        raise LanggroundError("--resume needs the run directory: --resume RUN_DIR, or --out RUN_DIR --resume")
+    return where
+
+
 @user_errors
 def train(
+    run_dir: Path = typer.Argument(
+        None, metavar="[RUN_DIR]", help="With --resume: the run directory to continue (or use --out)."
+    ),
     preset: str = typer.Option(
         None, "--preset", "-p", help="Preset name (`langground presets`) or a YAML file."
     ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory (must be new or empty)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in RUN_DIR / --out from its newest checkpoint (its config.yaml, or --preset "
+        "with the same settings). A finished run (all steps, or run.max_minutes spent) is refused: raise "
+        "run.max_steps / run.epochs / run.max_minutes with --set.",
+    ),
 ) -> None:
-    """Train a model from a preset; checkpoints, metrics.jsonl and config.yaml go to the run directory."""
+    """Train a model from a preset; checkpoints, metrics.jsonl and config.yaml go to the run directory.
+
+    Continue a stopped run with `train --resume RUN_DIR` or `train --preset P --out RUN_DIR --resume`.
+    """
     from langground.engine.distributed import env_world
-    from langground.engine.evaluate import print_result
     from langground.engine.train import TrainingDiverged
     from langground.engine.train import train as run_training
 
-    if resume is not None and out is not None and resume.resolve() != out.resolve():
-        raise LanggroundError(f"--out {out} and --resume {resume} name different run directories")
-    config = _resolve_train_config(preset, overrides, resume)
-    run_dir = resume or out or (Path(config.run.out_dir) if config.run.out_dir else None)
-    if run_dir is None:
+    resume_dir = _resume_dir(resume, run_dir, out)
+    config = _resolve_train_config(preset, overrides, resume_dir)
+    target = resume_dir or out or (Path(config.run.out_dir) if config.run.out_dir else None)
+    if target is None:
         raise LanggroundError("no run directory: pass --out RUN_DIR")
     try:
-        result = run_training(config, run_dir, resume=resume is not None, console=err_console)
+        result = run_training(config, target, resume=resume, console=err_console)
     except TrainingDiverged as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
@@ -59,17 +86,23 @@ def train(
     if result.status == "interrupted":
         err_console.print(
             f"interrupted at step {result.step}/{result.total_steps}; checkpoint {result.last_checkpoint}\n"
-            f"continue with: langground train --resume {run_dir}",
+            f"continue with: langground train --resume {target}",
             highlight=False,
         )
         raise typer.Exit(code=130)
-    summary = Table(title=f"run {run_dir}", show_header=False)
+    summary = Table(title=f"run {target}", show_header=False)
     summary.add_row("status", result.status)
     summary.add_row(
         "steps",
         f"{result.step}/{result.total_steps} ({result.epoch:.2f} epochs, "
         f"{result.train_seconds / 60:.1f} min)",
     )
+    if result.status == "time_limit":
+        summary.add_row(
+            "time limit",
+            f"run.max_minutes={config.run.max_minutes:g} spent; to train on: langground train --resume "
+            f"{target} --set run.max_minutes=M",
+        )
     if result.best_value is not None:
         summary.add_row(
             f"best val {result.main_metric}", f"{100 * result.best_value:.2f}% (step {result.best_step})"
@@ -79,7 +112,49 @@ def train(
     summary.add_row("last checkpoint", str(result.last_checkpoint))
     console.print(summary)
     for split, res in result.test.items():
-        print_result(res, console, title=f"test {split}")
+        print_eval_result(res, console, title=f"test {split}")
+
+
+def print_eval_result(result, console, title: str | None = None) -> None:  # result: EvalResult
+    """The task's own primary metric first, then the table: its metric family first, metrics derived
+    from other outputs (a RES model's boxes: the bounding boxes of its masks) after it, named as such."""
+    from langground.engine.metrics.evaluator import metric_rows
+
+    main, name = result.main_value, result.main_metric
+    own = name.split("/")[0]
+    heading = title or f"{result.dataset} {result.split} ({result.task})".strip()
+    if main is not None:
+        console.print(
+            f"{heading}: {name} = {100 * main:.2f}%  (primary metric of task {result.task}; "
+            f"{result.count} samples, {result.seconds:.1f}s)",
+            highlight=False,
+        )
+    rows = metric_rows(result.metrics)
+    derived = sorted({family for family, _, _ in rows if family != own})
+    table = Table(title=heading)
+    table.add_column("task", style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    primary = [r for r in rows if r[0] == own and f"{r[0]}/{r[1]}" == name]
+    for family, metric, value in [
+        *primary,
+        *(r for r in rows if r[0] == own and r not in primary),
+        *(r for r in rows if r[0] != own),
+    ]:
+        label = family if family == own else f"{family} (derived)"
+        table.add_row(label, metric, value, style="bold" if f"{family}/{metric}" == name else None)
+    console.print(table)
+    if derived:
+        console.print(
+            f"derived: {', '.join(f'{d}/*' for d in derived)} score this {result.task} model's outputs with "
+            f"another task's metric (e.g. the bounding box of each predicted mask); the task's own metric is "
+            f"{name}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if result.protocol:
+        console.print(f"protocol: {result.protocol}", highlight=False, soft_wrap=True)
+
 
 
 @user_errors
@@ -99,7 +174,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on a split: every metric of its task, overall and per family."""
     from langground.engine.distributed import env_world
-    from langground.engine.evaluate import evaluate_checkpoint, print_result
+    from langground.engine.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         checkpoint,
@@ -119,7 +194,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
     else:
-        print_result(result, console)
+        print_eval_result(result, console)
         if save_predictions is not None:
             console.print(f"predictions: {save_predictions}", highlight=False)
 

@@ -8,8 +8,9 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,28 @@ from langground.types import GroundingRecord
 # device and precision
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when available, else CPU; otherwise ``name`` as given."""
+def resolve_device(name: str, local_rank: int = 0, option: str = "config run.device") -> torch.device:
+    """``auto`` -> this rank's CUDA device when available, else CPU; otherwise ``name`` as given.
+
+    ``option`` names where the value came from in the one-line error (``--device`` for the CLI).
+    """
+    given = name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LanggroundError(
+            f"{option}={given!r}: not a device: expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LanggroundError(f"config run.device={name!r}: CUDA is not available on this machine")
+        raise LanggroundError(f"{option}={given!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LanggroundError(
+            f"{option}={given!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 
@@ -91,9 +105,14 @@ def _root(cfg: DataConfig) -> Path:
     return Path(os.path.expanduser(cfg.root))
 
 
-def ensure_dataset(cfg: DataConfig, generate: bool = True) -> Path:
+def ensure_dataset(
+    cfg: DataConfig, generate: bool = True, log: Callable[[str], None] | None = None
+) -> Path:
     """The dataset root; for ``synth``, the world is generated there first when the directory is absent
-    or empty (``generate=False`` on ranks other than 0, which wait for rank 0)."""
+    or empty (``generate=False`` on ranks other than 0, which wait for rank 0). ``log`` receives what
+    is being generated (where, how many images) and when it is done.
+
+    Validate the rest of the config first (:func:`check_config`): generating takes minutes."""
     root = _root(cfg)
     missing = not root.exists() or (root.is_dir() and not any(root.iterdir()))
     if cfg.dataset == "synth" and missing and generate:
@@ -101,10 +120,45 @@ def ensure_dataset(cfg: DataConfig, generate: bool = True) -> Path:
 
         try:
             synth = SynthConfig(**cfg.synth)
-        except TypeError as e:
+            synth.validate()
+        except (TypeError, ValueError) as e:
             raise LanggroundError(f"config data.synth: {e}") from None
-        generate_world(root, synth, workers=cfg.synth_workers)
+        say = log or (lambda message: None)
+        w, h = synth.size
+        say(
+            f"generating the synthetic world in {root}: {synth.images} images of {w}x{h} (seed {synth.seed}; "
+            f"data.root has none yet; written once, then reused)"
+        )
+        t0 = time.perf_counter()
+        quarters: set[int] = set()
+
+        def progress(done: int, total: int) -> None:
+            quarter = 4 * done // max(total, 1)
+            if 0 < quarter < 4 and quarter not in quarters:
+                quarters.add(quarter)
+                say(f"  synth: {done}/{total} images")
+
+        generate_world(root, synth, workers=cfg.synth_workers, progress=progress)
+        say(f"generated {synth.images} images in {root} ({time.perf_counter() - t0:.0f} s)")
     return root
+
+
+def check_config(config: Config) -> None:
+    """Build the model and criterion of ``config`` on the meta device (no memory, no initialisation
+    cost) with a placeholder vocabulary and answer list, so a bad model or loss option fails in one line
+    before the data is read or generated."""
+    from langground.text.vocab import PAD, UNK
+
+    vocab = Vocabulary([PAD, UNK, "word"])
+    answers = ["yes", "no"] if get_task(config.model.task).needs_answers else None
+    try:
+        with torch.device("meta"):
+            model = build_model(config, vocab, answers, pretrained=False)
+    except LanggroundError:
+        raise
+    except Exception:  # an initialisation that needs real values: build it for real (rare; slower)
+        model = build_model(config, vocab, answers, pretrained=False)
+    build_criterion(config, model)
 
 
 def open_split(cfg: DataConfig, split: str, limit: int | None = None) -> Any:

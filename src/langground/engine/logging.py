@@ -9,7 +9,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from langground.types import GroundingRecord, Prediction
@@ -133,14 +132,36 @@ def format_terms(values: Mapping[str, float], limit: int = 6) -> str:
     return " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'} {v:.4f}" for k, v in items)
 
 
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` (hours unbounded), ``?`` when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 class TrainProgress:
     """Progress over optimiser steps: a rich bar with ETA, loss terms and throughput on a terminal,
-    a plain line every ``log_every`` steps otherwise (CI logs, ``make demo | tee``)."""
+    a plain line every ``log_every`` steps otherwise (CI logs, ``make demo | tee``).
 
-    def __init__(self, total: int, start: int, console: Console, enabled: bool, log_every: int):
+    The ETA is the sooner of the steps left at the pace so far and, with a time budget
+    (``run.max_minutes``: ``time_budget_s`` of training time), what is left of the budget; it says which.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        console: Console,
+        enabled: bool,
+        log_every: int,
+        time_budget_s: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.total, self.console, self.enabled, self.log_every = total, console, enabled, log_every
+        self.time_budget_s, self.clock = time_budget_s, clock
         self.interactive = enabled and console.is_terminal
-        self._t0, self._s0 = time.perf_counter(), start
+        self._t0, self._s0 = clock(), start
         self.progress: Progress | None = None
         if self.interactive:
             self.progress = Progress(
@@ -148,29 +169,48 @@ class TrainProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[eta]}"),
                 TextColumn("{task.fields[info]}"),
                 console=console,
                 transient=False,
             )
-            self.task = self.progress.add_task("train", total=total, completed=start, info="")
+            self.task = self.progress.add_task("train", total=total, completed=start, info="", eta="ETA ?")
             self.progress.start()
 
+    def eta(self, step: int, train_seconds: float | None = None) -> tuple[float, str]:
+        """``(seconds left, why)``: ``"steps"`` (steps left at the pace since the start) or
+        ``"time limit"`` (the budget left, in training seconds), whichever is sooner; NaN when unknown."""
+        done = step - self._s0
+        elapsed = self.clock() - self._t0
+        by_steps = elapsed / done * (self.total - step) if done > 0 else math.nan
+        if self.time_budget_s is None or train_seconds is None:
+            return by_steps, "steps"
+        by_budget = max(0.0, self.time_budget_s - train_seconds)
+        if math.isnan(by_steps) or by_budget < by_steps:
+            return by_budget, "time limit"
+        return by_steps, "steps"
+
     def update(
-        self, step: int, epoch: int, values: Mapping[str, float], samples_per_s: float, lr: float
+        self,
+        step: int,
+        epoch: int,
+        values: Mapping[str, float],
+        samples_per_s: float,
+        lr: float,
+        train_seconds: float | None = None,
     ) -> None:
         if not self.enabled:
             return
         info = f"ep {epoch} {format_terms(values)} lr {lr:.2e} {samples_per_s:.1f} samples/s"
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=info)
+            left, why = self.eta(step, train_seconds)
+            eta = f"ETA {format_duration(left)} ({why})"
+            self.progress.update(self.task, completed=step, info=info, eta=eta)
         elif step % self.log_every == 0 or step == self.total:
-            done = step - self._s0
-            elapsed = time.perf_counter() - self._t0
-            eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
-            eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-            self.console.print(f"step {step}/{self.total} {info} ETA {eta_s}", highlight=False)
+            left, why = self.eta(step, train_seconds)
+            self.console.print(
+                f"step {step}/{self.total} {info} ETA {format_duration(left)} ({why})", highlight=False
+            )
 
     def stop(self) -> None:
         if self.progress is not None:

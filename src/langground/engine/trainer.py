@@ -110,8 +110,9 @@ class Trainer:
         """Records, vocabulary and answers (rank 0 generates the synthetic world once; the others wait)."""
         cfg = self.config
         self.task = get_task(cfg.model.task)
+        builders.check_config(cfg)  # a bad model or loss option fails before minutes of data generation
         if self.is_main:
-            builders.ensure_dataset(cfg.data, generate=True)
+            builders.ensure_dataset(cfg.data, generate=True, log=self._say)
         D.barrier()
         builders.ensure_dataset(cfg.data, generate=False)
         self.train_records = builders.open_split(cfg.data, cfg.data.train_split, cfg.data.train_limit)
@@ -129,6 +130,9 @@ class Trainer:
         else:
             self.vocab = builders.build_vocab(self.train_records, cfg.data)
             self.answers = builders.build_answers(self.train_records) if self.task.needs_answers else None
+
+    def _say(self, message: str) -> None:
+        self.console.print(message, highlight=False)
 
     def _setup_model(self) -> None:
         """Model, criterion and EMA with the same initial weights on every rank; then per-rank RNG."""
@@ -201,6 +205,7 @@ class Trainer:
             latest = ckpt_io.latest_checkpoint(self.run_dir)
             assert latest is not None  # prepare_run_dir checked
             self.state.load(latest)
+            self._check_resumable()  # before anything in the run directory changes
         self.validation, self.checkpointing = Validation(), Checkpointing()
         self.optimiser_step = OptimiserStep()
         self._epoch: int | None = None  # the epoch the model's on_epoch_start was last called for
@@ -213,7 +218,39 @@ class Trainer:
         )
         if self.resume:
             name = self.progress.last_checkpoint.name  # type: ignore[union-attr]
-            self.logger.print(f"resuming {self.run_dir} from step {self.progress.step} ({name})")
+            self.logger.print(
+                f"resuming {self.run_dir} from step {self.progress.step}/{self.total_steps} ({name})"
+                f"{self._budget_note()}",
+                highlight=False,
+            )
+
+    def _check_resumable(self) -> None:
+        """A resumed run must have something left to do: a run that ended (all its steps, or its time
+        budget spent) would train one step and evaluate every split again. One line saying what to raise."""
+        run, p = self.config.run, self.progress
+        if p.step >= self.total_steps:
+            raise LanggroundError(
+                f"{self.run_dir}: cannot resume: the run is complete (step {p.step}/{self.total_steps}); "
+                f"train longer with --set run.max_steps=N (N > {p.step}) or a larger run.epochs"
+            )
+        if run.max_minutes is not None and p.train_seconds >= 60 * run.max_minutes:
+            raise LanggroundError(
+                f"{self.run_dir}: cannot resume: the run stopped on its time limit (run.max_minutes="
+                f"{run.max_minutes:g}: {p.train_seconds / 60:.1f} min trained, step {p.step}/{self.total_steps}); "
+                f"continue with --set run.max_minutes=M (M > {p.train_seconds / 60:.1f}) or "
+                "run.max_minutes=null"
+            )
+
+    def _budget_note(self) -> str:
+        """``; time budget ...`` of a resumed run with ``run.max_minutes`` (what is left of it)."""
+        run, p = self.config.run, self.progress
+        if run.max_minutes is None:
+            return ""
+        left = run.max_minutes - p.train_seconds / 60
+        return (
+            f"; time budget run.max_minutes={run.max_minutes:g}: {p.train_seconds / 60:.1f} min trained, "
+            f"{left:.1f} min left"
+        )
 
     # ---------------------------------------------------------------- the run's position and weights
 
@@ -285,13 +322,20 @@ class Trainer:
     def fit(self) -> RunResult:
         run = self.config.run
         progress = TrainProgress(
-            self.total_steps, self.step, self.console, self.is_main and run.progress, run.log_every
+            self.total_steps,
+            self.step,
+            self.console,
+            self.is_main and run.progress,
+            run.log_every,
+            time_budget_s=None if run.max_minutes is None else 60 * run.max_minutes,
         )
         if self.is_main and not self.resume:
             self.logger.print(
                 f"training {self.config.model.name} ({self.task.name}) on {len(self.train_records)} "
-                f"records: {self.total_steps} steps ({self.steps_per_epoch}/epoch), {self.precision.name} on "
-                f"{self.device}, {self.info.world_size} process(es) -> {self.run_dir}",
+                f"records: {self.total_steps} steps ({self.steps_per_epoch}/epoch)"
+                + ("" if run.max_minutes is None else f" or {run.max_minutes:g} min (run.max_minutes)")
+                + f", {self.precision.name} on {self.device}, {self.info.world_size} process(es) -> "
+                f"{self.run_dir}",
                 highlight=False,
             )
         try:
@@ -337,7 +381,7 @@ class Trainer:
                 window_steps += 1
                 now = time.perf_counter()
                 speed = window_steps * samples_per_step / max(now - window_t, 1e-9)
-                progress.update(p.step, epoch + 1, values, speed, lrs["lr"])
+                progress.update(p.step, epoch + 1, values, speed, lrs["lr"], train_seconds=p.train_seconds)
                 if p.step % run.log_every == 0 or p.step == self.total_steps:
                     logged = D.all_reduce_mean(values, self.device)  # mean over ranks
                     epochs = round(p.step / self.steps_per_epoch, 4)

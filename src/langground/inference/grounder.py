@@ -3,16 +3,20 @@
     >>> g = Grounder.from_pretrained("runs/demo")                       # doctest: +SKIP
     >>> g.predict("scene.png", "the red cube left of the ball")       # doctest: +SKIP
     {'box': {'xmin': 41.2, 'ymin': 80.0, 'xmax': 97.5, 'ymax': 131.9}, 'score': 0.93, 'mask': None,
-     'no_target': None, 'expression': 'the red cube left of the ball'}
+     'no_target': None, 'has_target': None, 'expression': 'the red cube left of the ball',
+     'boxes': [{'box': {...}, 'score': 0.93}], 'unknown_words': []}
 
 Results are in ORIGINAL image pixels and shaped like Hugging Face pipeline outputs. Each image is decoded
 and letterboxed once, however many expressions it comes with; all (image, expression) pairs run through
-the model in batches.
+the model in batches. Words outside the vocabulary are read as ``<unk>``: each result lists them
+(``unknown_words``) and :meth:`Grounder.predict` warns once per call (:class:`UnknownWordsWarning`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +27,20 @@ from PIL import Image
 from torch import Tensor, nn
 
 from langground.errors import LanggroundError
-from langground.inference.images import ImageInput, check_expressions, load_image
+from langground.inference.images import (
+    ImageInput,
+    UnknownWordsWarning,
+    check_expressions,
+    load_image,
+    read_form,
+)
 from langground.postprocess import PostprocessConfig, postprocess, unletterbox_map
 from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
 from langground.types import Prediction
+
+#: ``config.data.dataset`` of checkpoints trained on the synthetic world (its words and rendered scenes only)
+SYNTHETIC_DATASET = "synth"
 
 
 @dataclass
@@ -47,10 +60,12 @@ class GroundingOutput:
     attention: dict[str, np.ndarray] | None = None
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def resolve_device(device: str | torch.device | None, option: str = "device") -> torch.device:
+    """``auto``/None -> CUDA when available, else CPU; an unknown name or a missing GPU is a one-line
+    :class:`LanggroundError` naming ``option`` (the engine's own rule: ``engine.builders.resolve_device``)."""
+    from langground.engine.builders import resolve_device as engine_resolve_device
+
+    return engine_resolve_device("auto" if device is None else str(device), option=option)
 
 
 class Grounder:
@@ -61,11 +76,13 @@ class Grounder:
         vocab: the word vocabulary the model was trained with.
         input_size: side of the square letterboxed input.
         max_text_length: expressions are truncated to this many words (with a warning).
-        task: ``rec``, ``res``, ``gref``, ``gres`` or ``vqa``.
+        task: a registered task name (``rec``, ``res``, ``gref``, ``gres``, ``vqa``...).
         answers: VQA answer strings in id order.
         postprocess_config: thresholds for masks / box sets / no-target.
-        device: ``cpu``, ``cuda``, ``auto``...
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``auto``...
         batch_size: (image, expression) pairs per forward pass.
+        trained_on: the dataset the checkpoint was trained on (``config.data.dataset``); ``synth`` makes
+            the unknown-word warning say that the model only knows the synthetic world.
     """
 
     def __init__(
@@ -80,8 +97,9 @@ class Grounder:
         postprocess_config: PostprocessConfig | None = None,
         device: str | torch.device | None = "cpu",
         batch_size: int = 16,
+        trained_on: str | None = None,
     ):
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.input_size = int(input_size)
@@ -91,6 +109,7 @@ class Grounder:
         self.answers = list(answers) if answers is not None else None
         self.postprocess_config = postprocess_config or PostprocessConfig()
         self.batch_size = max(1, int(batch_size))
+        self.trained_on = trained_on
 
     @classmethod
     def from_pretrained(
@@ -100,10 +119,11 @@ class Grounder:
 
         Raises:
             CheckpointError: one line naming the path and the problem.
+            LanggroundError: an unknown device, or CUDA asked for on a machine without it.
         """
         from langground.engine.checkpoint import load_checkpoint  # engine pulls in the model zoo
 
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         ckpt = load_checkpoint(path, device=dev)
         cfg = ckpt.config
         return cls(
@@ -116,7 +136,18 @@ class Grounder:
             postprocess_config=cfg.postprocess,
             device=dev,
             batch_size=batch_size,
+            trained_on=cfg.data.dataset,
         )
+
+    @property
+    def synthetic_only(self) -> bool:
+        """The checkpoint was trained on the synthetic world only: it knows its words and scenes, not photos."""
+        return self.trained_on == SYNTHETIC_DATASET
+
+    @property
+    def answers_questions(self) -> bool:
+        """The task answers questions (VQA) instead of locating the referent."""
+        return "answer" in self.spec.heads
 
     # ------------------------------------------------------------------------------------ public API
 
@@ -127,6 +158,8 @@ class Grounder:
         *,
         explain: bool = False,
         top_k: int = 5,
+        box_threshold: float | None = None,
+        no_target_threshold: float | None = None,
     ) -> Any:
         """Ground ``expressions`` in ``image`` (or answer questions, for a VQA model).
 
@@ -137,13 +170,23 @@ class Grounder:
             explain: add ``"words"`` and ``"attention"`` (``{stage: (len(words), H, W)}`` float arrays of
                 the per-word cross-modal attention in original pixels) to each result.
             top_k: VQA answers returned per question.
+            box_threshold: generalized REC keeps the boxes scoring at least this (the checkpoint's
+                ``postprocess.box_set_threshold`` by default).
+            no_target_threshold: generalized REC/RES say "no target" when its probability is at least this
+                (the checkpoint's ``postprocess.no_target_threshold`` by default).
 
         Returns:
-            Per expression, a dict ``{"box": {"xmin", "ymin", "xmax", "ymax"} | None, "score", "mask"
-            (PIL "L", 255 = referent) | None, "no_target" (probability) | None, "expression"}``; generalized
-            REC models add ``"boxes": [{"box", "score"}, ...]`` (``box`` is the best of them). VQA models
-            give ``[{"answer", "score"}, ...]`` (top-k), or with ``explain`` a dict with ``"answers"``.
+            Per expression, a dict. Grounding models: ``{"box": {"xmin", "ymin", "xmax", "ymax"} | None,
+            "score", "mask" (PIL "L", 255 = referent) | None, "no_target" (probability) | None,
+            "has_target" (the decision: bool; None without a no-target head), "expression",
+            "boxes": [{"box", "score"}, ...] (all, best first; ``box`` is the first), "unknown_words"}``.
+            VQA models: ``{"expression" (the question), "answer", "score" (the best answer),
+            "answers": [{"answer", "score"}, ...] (top-k), "unknown_words"}``.
             A single string gives a single result, a list a list; a list of images a list per image.
+
+        Warns:
+            TruncationWarning: expressions longer than the model reads (once per call).
+            UnknownWordsWarning: words outside the vocabulary, with their share (once per call).
         """
         many_images = isinstance(image, (list, tuple))
         images = list(image) if many_images else [image]
@@ -162,16 +205,51 @@ class Grounder:
         for i, t in enumerate(texts):
             if not t:
                 raise LanggroundError(f"image {i}: no expressions given: expected at least one")
-        # Text first (cheap), then pixels; the truncation warning points at the caller's line.
+        config = self.thresholds(box_threshold=box_threshold, no_target_threshold=no_target_threshold)
+        # Text first (cheap), then pixels; the warnings point at the caller's line.
         check_expressions([t for ts in texts for t in ts], self.max_text_length, stacklevel=3)
         pil = [load_image(im) for im in images]
-        outputs = self.ground(pil, texts, explain=explain, top_k=top_k, checked=True)
+        outputs = self.ground(pil, texts, explain=explain, top_k=top_k, checked=True, config=config)
+        self._warn_unknown([o for outs in outputs for o in outs], stacklevel=3)
         shaped = [
-            [self._shape(o, text, explain) for o, text in zip(outs, ts, strict=True)]
+            [self._shape(o, text, explain, config) for o, text in zip(outs, ts, strict=True)]
             for outs, ts in zip(outputs, texts, strict=True)
         ]
         results = [r[0] if s else r for r, s in zip(shaped, single, strict=True)]
         return results if many_images else results[0]
+
+    def thresholds(
+        self, *, box_threshold: float | None = None, no_target_threshold: float | None = None
+    ) -> PostprocessConfig:
+        """The checkpoint's postprocess thresholds with these overrides (None: keep), validated.
+
+        Raises:
+            LanggroundError: a value outside [0, 1], or a threshold the task does not use (a box-set
+                threshold for a one-box model, a no-target threshold for a model without that head).
+        """
+        heads = self.spec.heads
+        changes: dict[str, float] = {}
+        for label, value, key, applies, what in (
+            ("box threshold", box_threshold, "box_set_threshold", {"box", "no_target"} <= heads,
+             "a set of boxes (generalized REC)"),
+            ("no-target threshold", no_target_threshold, "no_target_threshold", "no_target" in heads,
+             "a no-target probability (generalized REC / RES)"),
+        ):  # fmt: skip
+            if value is None:
+                continue
+            if not 0.0 <= float(value) <= 1.0:
+                raise LanggroundError(f"{label} {value}: expected a probability in [0, 1]")
+            if not applies:
+                raise LanggroundError(
+                    f"{label} {value}: applies to models that predict {what}; this checkpoint's task "
+                    f"{self.spec.name!r} does not"
+                )
+            changes[key] = float(value)
+        return dataclasses.replace(self.postprocess_config, **changes)
+
+    def read_form(self, expression: str) -> str:
+        """What the model reads of ``expression``: itself, or its first words + an ellipsis when longer."""
+        return read_form(expression, self.max_text_length)
 
     def ground(
         self,
@@ -181,15 +259,18 @@ class Grounder:
         explain: bool = False,
         top_k: int = 5,
         checked: bool = False,
+        config: PostprocessConfig | None = None,
     ) -> list[list[GroundingOutput]]:
         """Lower-level :meth:`predict`: RGB PIL images and their expressions -> :class:`GroundingOutput` lists.
 
-        ``checked=True`` skips the expression checks (the caller ran :func:`check_expressions`).
+        ``checked=True`` skips the expression checks (the caller ran :func:`check_expressions`);
+        ``config``: thresholds (the checkpoint's by default, see :meth:`thresholds`).
         """
         from langground.data.transforms import preprocess_image
 
         if not checked:
             check_expressions([t for texts in expressions for t in texts], self.max_text_length, stacklevel=3)
+        config = config or self.postprocess_config
         canvases, transforms, sizes = [], [], []
         for img in images:
             tensor, transform = preprocess_image(img, self.input_size)
@@ -200,7 +281,7 @@ class Grounder:
         results: list[GroundingOutput] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
-            results += self._run_batch(chunk, canvases, transforms, sizes, explain, top_k)
+            results += self._run_batch(chunk, canvases, transforms, sizes, explain, top_k, config)
         out: list[list[GroundingOutput]] = []
         k = 0
         for texts in expressions:
@@ -219,6 +300,7 @@ class Grounder:
         sizes: list[tuple[int, int]],
         explain: bool,
         top_k: int,
+        config: PostprocessConfig,
     ) -> list[GroundingOutput]:
         idx = [i for i, _ in chunk]
         images = torch.stack([canvases[i] for i in idx]).to(self.device)
@@ -229,10 +311,10 @@ class Grounder:
             raw,
             tfs,
             szs,
-            self.task,
+            self.spec,
             canvas_size=self.input_size,
             answer_vocab=self.answers,
-            config=self.postprocess_config,
+            config=config,
         )
         answers: list[list[tuple[str, float]]] = [[] for _ in chunk]
         if "pred_answer" in raw:
@@ -276,23 +358,56 @@ class Grounder:
             out.append(per_stage)
         return out
 
-    def _shape(self, o: GroundingOutput, expression: str, explain: bool) -> Any:
+    def _unknown(self, words: Sequence[str]) -> list[str]:
+        return list(dict.fromkeys(w for w in words if w not in self.vocab))
+
+    def _warn_unknown(self, outputs: Sequence[GroundingOutput], stacklevel: int) -> None:
+        """One warning per call: the words read as ``<unk>``, their share of all words read."""
+        words = [w for o in outputs for w in o.words]
+        unknown = [w for w in words if w not in self.vocab]
+        if not unknown:
+            return
+        distinct = self._unknown(unknown)
+        shown = ", ".join(repr(w) for w in distinct[:8]) + (
+            f" and {len(distinct) - 8} more" if len(distinct) > 8 else ""
+        )
+        message = (
+            f"{len(unknown)} of {len(words)} words ({len(unknown) / len(words):.0%}) are not in the model's "
+            f"{len(self.vocab)}-word vocabulary and were read as <unk>: {shown}; the scores do not account "
+            "for them"
+        )
+        if self.synthetic_only:
+            message += (
+                "; this checkpoint was trained on the synthetic world only (config data.dataset='synth'): "
+                "it knows that world's words and rendered scenes, not real photos"
+            )
+        warnings.warn(message, UnknownWordsWarning, stacklevel=stacklevel)
+
+    def _shape(self, o: GroundingOutput, expression: str, explain: bool, config: PostprocessConfig) -> Any:
         p = o.prediction
-        if "answer" in self.spec.heads:
+        result: dict[str, Any]
+        if self.answers_questions:
             answers = [{"answer": a, "score": s} for a, s in o.answers]
-            if not explain:
-                return answers
-            result: dict[str, Any] = {"answers": answers, "expression": expression}
+            result = {
+                "expression": expression,  # the question: the same key as every task's results
+                "answer": answers[0]["answer"] if answers else None,
+                "score": answers[0]["score"] if answers else None,
+                "answers": answers,  # top-k, best first
+            }
         else:
             boxes = [{"box": _box_dict(b), "score": float(s)} for b, s in zip(p.boxes, p.scores, strict=True)]
+            decides = "no_target" in self.spec.heads and p.no_target is not None
             result = {
                 "box": boxes[0]["box"] if boxes else None,
                 "score": boxes[0]["score"] if boxes else None,
                 "mask": None if p.mask is None else Image.fromarray(p.mask.astype(np.uint8) * 255),
                 "no_target": p.no_target,
+                # the decision the thresholds took, next to the probability it was taken on
+                "has_target": bool(p.no_target < config.no_target_threshold) if decides else None,
                 "expression": expression,
                 "boxes": boxes,  # every box, best first (several for generalized REC, none for no target)
             }
+        result["unknown_words"] = self._unknown(o.words)
         if explain:
             result["words"] = o.words
             result["attention"] = o.attention

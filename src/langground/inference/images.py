@@ -10,6 +10,7 @@ orientation is applied, so boxes are in the pixels a viewer shows.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,23 +31,69 @@ class TruncationWarning(UserWarning):
     """An expression had more words than the model reads; the rest were dropped."""
 
 
+class LargeImageWarning(UserWarning):
+    """An image file above PIL's decompression-bomb warning limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
+
+
+class UnknownWordsWarning(UserWarning):
+    """Words outside the model's vocabulary: the model reads them as ``<unk>``, whatever they mean."""
+
+
+def _bomb_error(path: Path, error: Exception) -> LanggroundError:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return LanggroundError(
+        f"{path}: image has {count}, more than the limit of {limit:,} (2 x PIL.Image.MAX_IMAGE_PIXELS, "
+        "PIL's guard against decompression bombs): downscale it first (the model reads it at its own input "
+        "size anyway), or raise PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file"
+    )
+
+
+def _warn_if_large(path: Path, img: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = img.width * img.height
+    if limit is not None and pixels > limit:
+        warnings.warn(
+            f"{path}: large image ({img.width}x{img.height} = {pixels:,} pixels, above PIL's "
+            f"decompression-bomb warning limit of {limit:,}): decoding it takes ~{3 * pixels / 2**20:,.0f} MiB "
+            "and the model reads it at its own input size, so a downscaled copy gives the same result",
+            LargeImageWarning,
+            stacklevel=4,  # _warn_if_large <- read_image <- load_image <- the caller
+        )
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as upright RGB; a :class:`LanggroundError` naming the path if it is not one."""
+    """Open an image file as upright RGB; a :class:`LanggroundError` naming the path if it is not one.
+
+    PIL's decompression-bomb guard keeps its limits (``PIL.Image.MAX_IMAGE_PIXELS`` warns, twice that
+    refuses) but speaks our language: a one-line :class:`LargeImageWarning`, or a one-line error naming the
+    pixel count and the limit, instead of PIL's own warning / exception.
+    """
     path = Path(path)
     if not path.exists():
         raise LanggroundError(f"{path}: image file not found")
     if path.is_dir():
         raise LanggroundError(f"{path}: is a directory, expected an image file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
+        with warnings.catch_warnings():
+            # Our own warning below replaces PIL's (raised in open, and again by some plugins' load).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                large = img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf"))
+                img.load()
+                rgb = to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise _bomb_error(path, e) from None
     except UnidentifiedImageError:
         raise LanggroundError(f"{path}: not an image file (PIL cannot identify its format)") from None
     except PermissionError:
         raise LanggroundError(f"{path}: permission denied, cannot read the image") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt files
         raise LanggroundError(f"{path}: cannot decode the image ({e})") from None
+    if large:
+        _warn_if_large(path, img)
+    return rgb
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -149,3 +196,11 @@ def check_expressions(expressions: Sequence[str], max_length: int | None, stackl
             stacklevel=stacklevel,
         )
     return checked
+
+
+def read_form(text: str, max_length: int | None) -> str:
+    """What the model reads of ``text``: the text itself, or its first ``max_length`` words + an ellipsis."""
+    words = tokenize(text)
+    if max_length is None or len(words) <= max_length:
+        return text
+    return " ".join(words[:max_length]) + " …"

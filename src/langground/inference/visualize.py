@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from langground.text.tokenizer import tokenize
+
 # Colour-blind-friendly qualitative palette (Okabe & Ito, 2008): one colour per expression.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 114, 178),
@@ -163,39 +165,141 @@ def _box_of(result: Mapping[str, Any]) -> list[float] | None:
     return [box["xmin"], box["ymin"], box["xmax"], box["ymax"]]
 
 
-def draw_predictions(
-    image: Image.Image, results: Sequence[Mapping[str, Any]], expressions: Sequence[str]
-) -> Image.Image:
-    """Draw Grounder results (one per expression) on ``image``: mask, box and "expression  score" label.
+def prediction_label(result: Mapping[str, Any], text: str, box_threshold: float | None = None) -> str:
+    """The label "expression  score", and for a model with a no-target head the decision next to its probability:
+    ``no target (p=0.87)``, or ``target (p(no target)=0.13), 0 boxes above 0.70`` when none passed."""
+    label = _short(text)
+    n = len(_boxes_of(result))
+    if n and result.get("score") is not None:
+        label += f"  {result['score']:.2f}" + (f" ({n} boxes)" if n > 1 else "")
+    nt = result.get("no_target")
+    if nt is not None:
+        has_target = result.get("has_target")
+        if has_target is None:
+            has_target = nt < 0.5
+        if not has_target:
+            label += f"  no target (p={nt:.2f})"
+        elif not n:
+            if result.get("mask") is not None:
+                what = "empty mask"
+            else:
+                what = "0 boxes" + (f" above {box_threshold:.2f}" if box_threshold is not None else "")
+            label += f"  target (p(no target)={nt:.2f}), {what}"
+    elif not n:
+        label += "  (nothing found)"
+    return label
 
-    A generalized-REC result may carry several ``boxes``; a no-target result (no box) gets its label in
-    the top-left corner, saying so.
+
+def _boxes_of(result: Mapping[str, Any]) -> list[list[float]]:
+    boxes = [_box_of(b) for b in result.get("boxes", [])] or [_box_of(result)]
+    return [b for b in boxes if b is not None]
+
+
+def _label_extent(draw: ImageDraw.ImageDraw, text: str, size: int) -> tuple[int, int, int, tuple[int, int]]:
+    """Width, height and padding of a filled label, and the text's bbox offset."""
+    f = font(size)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=f)
+    pad = max(2, size // 5)
+    return right - left + 2 * pad, bottom - top + 2 * pad, pad, (left, top)
+
+
+def _place(
+    w: float, h: float, candidates: Sequence[tuple[float, float]], blocked: Sequence[Rect], size: tuple[int, int]
+) -> Rect | None:
+    """The first candidate top-left corner whose ``w x h`` label lies on the image and covers nothing."""
+    for x, y in candidates:
+        rect = (x, y, x + w, y + h)
+        if x < 0 or y < 0 or rect[2] > size[0] or rect[3] > size[1]:
+            continue
+        if not any(_overlaps(rect, b) for b in blocked):
+            return rect
+    return None
+
+
+def _box_candidates(box: Sequence[float], w: float, h: float, size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Label corners around a box, nearest first: above, below (left- then right-aligned), beside."""
+    x0, y0, x1, y1 = box
+    clamp = lambda x: min(max(0.0, x), max(0.0, size[0] - w))
+    xs = list(dict.fromkeys([x0, x1 - w, clamp(x0), clamp(x1 - w)]))
+    out = []
+    for k in range(3):  # rows further away when the nearest ones are taken by other labels
+        out += [(x, y0 - h - k * (h + 1)) for x in xs] + [(x, y1 + k * (h + 1)) for x in xs]
+    out += [(x1, y0), (x0 - w, y0), (x1, y1 - h), (x0 - w, y1 - h)]
+    return out
+
+
+def _draw_filled_label(draw: ImageDraw.ImageDraw, rect: Rect, text: str, color, size: int) -> None:
+    _, _, pad, (left, top) = _label_extent(draw, text, size)
+    draw.rectangle(rect, fill=color)
+    draw.text((rect[0] + pad - left, rect[1] + pad - top), text, fill=_text_color(color), font=font(size))
+
+
+def _legend(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int, size: int) -> Image.Image:
+    """A white strip of colour-filled labels, wrapped to ``width``: for labels with no room on the image."""
+    f = font(size)
+    pad, gap = max(2, size // 5), max(2, size // 4)
+    chars = max(8, int((width - 2 * pad - 2 * gap) / (0.6 * size)))
+    line_h = round(size * 1.25)
+    blocks = [(textwrap.wrap(text, chars) or [""], color) for text, color in entries]
+    height = gap + sum(len(lines) * line_h + 2 * pad + gap for lines, _ in blocks)
+    strip = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(strip)
+    y = gap
+    for lines, color in blocks:
+        h = len(lines) * line_h + 2 * pad
+        d.rectangle((gap, y, width - gap - 1, y + h - 1), fill=color)
+        for k, line in enumerate(lines):
+            d.text((gap + pad, y + pad + k * line_h), line, fill=_text_color(color), font=f)
+        y += h + gap
+    return strip
+
+
+def draw_predictions(
+    image: Image.Image,
+    results: Sequence[Mapping[str, Any]],
+    expressions: Sequence[str],
+    box_threshold: float | None = None,
+) -> Image.Image:
+    """Draw Grounder results (one per expression) on ``image``: mask, box and a :func:`prediction_label`.
+
+    Labels never cover a predicted object (nor each other): each goes next to its box (above, below,
+    beside), a no-target one into a free corner; a label with no such room (small images, crowded
+    scenes) goes into a legend strip under the image, in its box's colour. ``box_threshold`` is named in
+    the label of a generalized-REC result that kept no box.
     """
     out = image.convert("RGB")
     for i, result in enumerate(results):
         if result.get("mask") is not None:
             out = overlay_mask(out, result["mask"], PALETTE[i % len(PALETTE)])
     draw = ImageDraw.Draw(out)
-    width = line_width(out.size)
-    corner_y = 0.0
-    taken: list[Rect] = []
-    for i, (result, text) in enumerate(zip(results, expressions, strict=True)):
+    width, size = line_width(out.size), label_size(out.size)
+    all_boxes = [_boxes_of(r) for r in results]
+    blocked: list[Rect] = [tuple(b) for boxes in all_boxes for b in boxes]  # type: ignore[misc]
+    legend: list[tuple[str, tuple[int, int, int]]] = []
+    for i, (result, text, boxes) in enumerate(zip(results, expressions, all_boxes, strict=True)):
         color = PALETTE[i % len(PALETTE)]
-        boxes = [_box_of(b) for b in result.get("boxes", [])] or [_box_of(result)]
-        boxes = [b for b in boxes if b is not None]
-        label = _short(text)
-        if result.get("score") is not None:
-            label += f"  {result['score']:.2f}"
-        if not boxes:
-            nt = result.get("no_target")
-            label += "  (no target" + (f" {nt:.2f})" if nt is not None else ")")
-            draw_label(draw, (0, corner_y), label, color, out.size, above=False, taken=taken)
-            corner_y += label_size(out.size) * 1.6
-            continue
         for box in boxes:
             draw_box(draw, box, color, width)
-        draw_label(draw, (boxes[0][0], boxes[0][1]), label, color, out.size, taken=taken)
-    return out
+        label = prediction_label(result, text, box_threshold)
+        w, h, _, _ = _label_extent(draw, label, size)
+        if boxes:
+            candidates = _box_candidates(boxes[0], w, h, out.size)
+        else:
+            rows = range(int(out.size[1] // (h + 1)))
+            candidates = [(x, k * (h + 1)) for k in rows for x in (0.0, out.size[0] - w)]
+        rect = _place(w, h, candidates, blocked, out.size)
+        if rect is None:
+            legend.append((label, color))
+            continue
+        blocked.append(rect)
+        _draw_filled_label(draw, rect, label, color, size)
+    if not legend:
+        return out
+    strip = _legend(legend, out.width, size)
+    canvas = Image.new("RGB", (out.width, out.height + strip.height), "white")
+    canvas.paste(out, (0, 0))
+    canvas.paste(strip, (0, out.height))
+    return canvas
 
 
 def _short(text: str, limit: int = 48) -> str:
@@ -271,6 +375,24 @@ def with_caption(tile: Image.Image, text: str, size: int) -> Image.Image:
     return out
 
 
+def colour_bar(height: int, vmin: float, vmax: float, size: int) -> Image.Image:
+    """A vertical bar of :func:`heatmap`'s ramp, ``vmax`` at the top and ``vmin`` at the bottom, with the
+    values at both ends and the middle written beside it."""
+    f = font(size)
+    height = max(3 * size, int(height))
+    bar_w = max(8, size)
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+    texts = [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(probe.textbbox((0, 0), t, font=f)[2] for t in texts)
+    canvas = Image.new("RGB", (bar_w + 4 + text_w + 2, height), "white")
+    canvas.paste(Image.fromarray(heatmap(ramp, 0.0, 1.0)), (0, 0))
+    d = ImageDraw.Draw(canvas)
+    for text, y in zip(texts, (0, (height - size) // 2, height - size - 2), strict=True):
+        d.text((bar_w + 4, max(0, y)), text, fill=(20, 20, 20), font=f)
+    return canvas
+
+
 def draw_explanation(
     image: Image.Image,
     result: Mapping[str, Any] | None,
@@ -279,16 +401,19 @@ def draw_explanation(
     stages: Mapping[str, np.ndarray],
     tile_width: int = 200,
 ) -> Image.Image:
-    """LaConvNet Fig. 6: per stage, a row of per-word cross-modal attention overlays.
+    """LaConvNet Fig. 6: per stage, a row of per-word cross-modal attention overlays and its colour bar.
 
     Args:
         image: the original image.
         result: the Grounder result for ``expression``, drawn as a first small tile; ``None`` when the
             prediction is shown elsewhere (the block then starts with the expression as a header).
+        expression: shown as the model read it: cut to ``words`` with an ellipsis when it was truncated.
         words: the tokens the model read (after truncation), one column each.
         stages: ``{stage name: (L, H, W)}`` attention in original pixels (L >= len(words)).
     """
     size = max(11, tile_width // 14)
+    if len(tokenize(expression)) > len(words):
+        expression = " ".join(words) + " …"
     if result is not None:
         head = with_caption(
             _fit(draw_predictions(image, [result], [expression]), tile_width), expression, size
@@ -297,15 +422,18 @@ def draw_explanation(
         width = max(tile_width, round(tile_width * (len(words) + 0.4)))
         head = _caption(f'attention per word: "{expression}"', width, round(size * 1.2))
     rows: list[list[Image.Image]] = [[head]]
+    tile_h = max(1, round(image.height * tile_width / image.width))
     for name, maps in stages.items():
-        label = _caption(name, max(60, tile_width // 3), size)
-        row: list[Image.Image] = [label]
         # One colour scale per stage, from 0 to the stage's largest weight: the words compete for each
         # position (softmax over words), so a word that draws little attention stays dark.
         vmax = float(np.max(maps[: len(words)])) if len(words) else 1.0
+        label = _caption(f"{name}: 0 to {vmax:.3g}", max(60, tile_width // 3), size)
+        row: list[Image.Image] = [label]
         for k, word in enumerate(words):
             tile = overlay_heatmap(image, maps[k], vmin=0.0, vmax=vmax)
             row.append(with_caption(_fit(tile, tile_width), f'"{word}"', size))
+        if words:
+            row.append(colour_bar(tile_h, 0.0, vmax, size))
         rows.append(row)
     return stack(rows)
 
