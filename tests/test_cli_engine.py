@@ -57,6 +57,11 @@ def one_line_error(res, *needles: str) -> str:
     return lines[0]
 
 
+def flat(text: str) -> str:
+    """Console text without table borders and line wrapping."""
+    return " ".join(text.replace("│", " ").split())
+
+
 def digest(path: Path) -> dict[str, str]:
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -124,6 +129,89 @@ def test_resume_continues_a_run_from_the_command_line(cli, run_dir, tmp_path):
     )
     one_line_error(cli("train", "--resume", copy, "--set", "optim.lr=0.5"), "started with another config")
     one_line_error(cli("train", "--resume", tmp_path), "cannot resume: not a run directory")
+
+
+def test_resume_flag_continues_the_run_in_out_as_the_readme_says(cli, world, run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    preset = ["--preset", "synth-laconvnet-t-rec", *sets(f"data.root={world}", *TINY)]
+    res = cli("train", *preset, "--set", "run.max_steps=6", "--out", copy, "--resume")
+    assert res.exit_code == 0, res.output
+    assert ckpt_io.latest_checkpoint(copy).name == "step-00000006"
+    assert f"resuming {copy} from step 4/6" in res.stderr
+    one_line_error(cli("train", *preset, "--resume"), "--resume needs the run directory")
+    one_line_error(cli("train", "--resume", copy, "--out", tmp_path / "x"), "name different run directories")
+    one_line_error(cli("train", *preset, copy), "a run directory argument is for --resume")
+
+
+def test_resuming_a_finished_run_is_refused_with_what_to_raise(cli, run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = digest(copy)
+    one_line_error(
+        cli("train", "--resume", copy),
+        f"{copy}: cannot resume: the run is complete (step 4/4)",
+        "run.max_steps",
+    )
+    assert digest(copy) == before  # nothing trained, evaluated or rewritten
+
+
+def test_a_run_stopped_on_its_time_limit_says_so_and_resumes_only_with_more_time(cli, world, tmp_path):
+    out = tmp_path / "run"
+    limited = [*TINY, "run.max_minutes=1e-9", "run.progress=true"]
+    res = cli(
+        "train", "--preset", "synth-laconvnet-t-rec", *sets(f"data.root={world}", *limited), "--out", out
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "result.json").read_text())["status"] == "time_limit"
+    assert "time_limit" in res.stdout and "--set run.max_minutes=M" in flat(res.stdout)
+    # the ETA is the budget's (spent at once), not the steps'
+    assert "step 1/4" in res.stderr and "ETA 0:00:00 (time limit)" in res.stderr
+    before = digest(out)
+    line = one_line_error(
+        cli("train", "--resume", out),
+        "cannot resume: the run stopped on its time limit (run.max_minutes=1e-09",
+    )
+    assert "--set run.max_minutes=M" in line and "step 1/4" in line
+    assert digest(out) == before
+    res = cli("train", "--resume", out, "--set", "run.max_minutes=60")
+    assert res.exit_code == 0, res.output
+    assert "time budget run.max_minutes=60" in res.stderr and "min left" in res.stderr
+    assert json.loads((out / "result.json").read_text())["status"] == "completed"
+    assert ckpt_io.latest_checkpoint(out).name == "step-00000004"
+    assert "ETA" in res.stderr and "(steps)" in res.stderr  # 60 minutes: the steps end first
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [
+        ("model.kwargs.wings=2", "unknown LaConvNet option(s) wings"),
+        ("loss.foo=1.0", "config loss: unknown loss weight or option 'foo'"),
+    ],
+)
+def test_a_bad_config_fails_before_the_synthetic_world_is_generated(cli, tmp_path, item, needle):
+    root = tmp_path / "data" / "synth"
+    small = ["data.synth.images=24", "data.synth.size=[96, 72]", "data.synth_workers=1"]
+    args = ["train", "--preset", "synth-laconvnet-t-rec", *sets(f"data.root={root}", *TINY, *small)]
+    one_line_error(cli(*args, "--set", item, "--out", tmp_path / "run"), needle)
+    assert not root.exists() and not any((tmp_path / "data").glob(".*"))  # no world, no half-written one
+
+
+def test_training_says_that_it_generates_the_synthetic_world(cli, tmp_path):
+    root = tmp_path / "data" / "synth"
+    small = ["data.synth.images=24", "data.synth.size=[96, 72]", "data.synth_workers=1"]
+    res = cli(
+        "train",
+        "--preset",
+        "synth-laconvnet-t-rec",
+        *sets(f"data.root={root}", *TINY, *small, "run.max_steps=1"),
+        "--out",
+        tmp_path / "run",
+    )
+    assert res.exit_code == 0, res.output
+    assert f"generating the synthetic world in {root}: 24 images of 96x72" in " ".join(res.stderr.split())
+    assert f"generated 24 images in {root}" in " ".join(res.stderr.split())
+    assert (root / "dataset.json").is_file()
 
 
 @pytest.mark.parametrize(
@@ -249,6 +337,28 @@ def test_eval_of_a_vqa_checkpoint_reports_question_families(cli, world, tmp_path
     assert metrics["vqa/count"] == len(val) and 0.0 <= metrics["vqa/acc"] <= 1.0
     families = {k.rsplit("/", 1)[1] for k in metrics if k.startswith("vqa/acc/family/")}
     assert families == {r.family for r in val} and families <= set(QUESTION_FAMILIES)
+
+
+def test_res_eval_prints_the_tasks_own_metric_first_and_names_derived_ones(cli, world, tmp_path):
+    cfg = load_preset("synth-laconvnet-t-res", [f"data.root={world}", *TINY])
+    vocab = build_vocab(open_dataset(world, "synth", "train", task="rec"), cfg.data)
+    torch.manual_seed(0)
+    ckpt = ckpt_io.save_checkpoint(tmp_path / "res", model=build_model(cfg, vocab), config=cfg, vocab=vocab)
+    res = cli("eval", ckpt, "--data", world, "--split", "val", "--limit", "6")
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert lines[0].startswith("synth val (res): res/oiou = ") and "primary metric of task res" in lines[0]
+    rows = [flat(line) for line in lines if line.startswith("│")]
+    first = next(i for i, r in enumerate(rows) if r.startswith("res "))
+    assert rows[first].startswith("res oiou ")  # the headline row leads the table
+    derived = [i for i, r in enumerate(rows) if r.startswith("rec (derived) ")]
+    assert derived and min(derived) > max(i for i, r in enumerate(rows) if r.startswith("res "))
+    assert not any(r.startswith("rec ") and not r.startswith("rec (derived)") for r in rows)
+    assert "derived: rec/*" in flat(res.stdout) and "the task's own metric is res/oiou" in flat(res.stdout)
+    as_json = json.loads(
+        cli("eval", ckpt, "--data", world, "--split", "val", "--limit", "6", "--json").stdout
+    )
+    assert as_json["main_metric"] == "res/oiou" and "rec/prec@0.5" in as_json["metrics"]
 
 
 def test_eval_bad_input_is_one_line_and_overwrites_nothing(cli, run_dir, world, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -246,3 +248,33 @@ def test_trainer_state_restores_each_rank_its_own_rng_and_criterion_state(tmp_pa
     with pytest.raises(LanggroundError, match=r"c: cannot resume the loss state: .*queue") as info:
         _train_state(DistInfo(rank=1, world_size=2)).load(tmp_path / "c")
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def umask():
+    """Run a test under a given umask (restored after)."""
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_get_the_modes_the_umask_allows(tmp_path, umask, mask, file_mode, dir_mode):
+    """Not mkstemp's 0600 / mkdtemp's 0700: a checkpoint, a config, a vocabulary and a predictions file are
+    as readable as a plain open() would make them (0644 under the usual umask 022; 0600 under 077)."""
+    from langground.config import save_config
+    from langground.engine.evaluate import write_jsonl_atomic
+
+    umask(mask)
+    ckpt = write(tmp_path / "run" / "c", trainer_state={"step": 1})
+    assert stat.S_IMODE(ckpt.stat().st_mode) == dir_mode
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ckpt.iterdir()}
+    assert modes == dict.fromkeys(
+        ["model.safetensors", "config.yaml", "vocab.json", "trainer_state.pt"], file_mode
+    )
+    cfg = load_preset("synth-laconvnet-t-rec", TINY)
+    save_config(cfg, tmp_path / "config.yaml")
+    Vocabulary.build(["a red cube"]).save(tmp_path / "vocab.json")
+    write_jsonl_atomic(tmp_path / "preds.jsonl", [{"a": 1}])
+    for name in ("config.yaml", "vocab.json", "preds.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name

@@ -13,7 +13,7 @@ from PIL import Image
 import langground
 from langground.errors import CheckpointError, LanggroundError
 from langground.inference.grounder import Grounder
-from langground.inference.images import TruncationWarning
+from langground.inference.images import TruncationWarning, UnknownWordsWarning
 
 TEXTS = ["the red cube left of the blue ball", "small green cylinder", "is there a big metal sphere"]
 ANSWERS = ["yes", "no", "2", "red"]
@@ -60,7 +60,17 @@ def test_lazy_export():
 
 def test_single_expression_result_shape(rec, photo):
     r = rec.predict(photo, "the red cube")
-    assert set(r) == {"box", "score", "mask", "no_target", "expression", "boxes"}
+    assert set(r) == {
+        "box",
+        "score",
+        "mask",
+        "no_target",
+        "has_target",
+        "expression",
+        "boxes",
+        "unknown_words",
+    }
+    assert r["has_target"] is None and r["unknown_words"] == []  # a REC model has no no-target head
     assert r["boxes"] == [{"box": r["box"], "score": r["score"]}]  # REC: the one box, also as a list
     box = r["box"]
     assert set(box) == {"xmin", "ymin", "xmax", "ymax"}
@@ -121,8 +131,9 @@ def test_text_edge_cases(rec, photo):
         rec.predict(photo, "   ")
     with pytest.raises(LanggroundError, match="no expressions"):
         rec.predict(photo, [])
-    # unknown words are <unk>, not an error
-    r = rec.predict(photo, "zebra xylophone quokka")
+    # unknown words are <unk>, not an error (but a warning: test_unknown_words_warn_with_their_share)
+    with pytest.warns(UnknownWordsWarning):
+        r = rec.predict(photo, "zebra xylophone quokka")
     assert r["box"] is not None
     # longer than the model's 6 words: truncated with one warning, same result as the first 6 words
     long = "the red cube left of the blue ball near the wall"
@@ -160,9 +171,11 @@ def test_gref_model_box_set_and_no_target(ckpts, photo):
 def test_vqa_model_top_k(ckpts, photo):
     g = Grounder.from_pretrained(ckpts["vqa"])
     r = g.predict(photo, "is there a big metal sphere", top_k=3)
-    assert isinstance(r, list) and len(r) == 3
-    assert {a["answer"] for a in r} <= set(ANSWERS)
-    scores = [a["score"] for a in r]
+    assert set(r) == {"expression", "answer", "score", "answers", "unknown_words"}
+    answers = r["answers"]
+    assert len(answers) == 3 and (r["answer"], r["score"]) == (answers[0]["answer"], answers[0]["score"])
+    assert {a["answer"] for a in answers} <= set(ANSWERS)
+    scores = [a["score"] for a in answers]
     assert scores == sorted(scores, reverse=True) and sum(scores) <= 1.0 + 1e-5
 
 
@@ -173,3 +186,73 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     with pytest.raises(CheckpointError) as info:
         Grounder.from_pretrained(tmp_path / "empty")
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+
+
+def test_vqa_results_carry_their_question(ckpts, photo):
+    """Several questions: each result says which question it answers (it used to be a bare answer list)."""
+    g = Grounder.from_pretrained(ckpts["vqa"])
+    questions = ["is there a big metal sphere", "the red cube"]
+    results = g.predict(photo, questions, top_k=2)
+    assert [r["expression"] for r in results] == questions
+    assert all(len(r["answers"]) == 2 and r["answer"] in ANSWERS for r in results)
+    explained = g.predict(photo, questions[0], explain=True)
+    assert explained["expression"] == questions[0] and explained["words"] == questions[0].split()
+
+
+def test_unknown_words_warn_with_their_share(ckpts, photo):
+    g = Grounder.from_pretrained(ckpts["rec"])
+    assert g.synthetic_only  # synth-* presets train on the synthetic world
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = g.predict(photo, ["the zorglub cube", "flibber zorglub"])
+    assert [w.category for w in caught] == [UnknownWordsWarning]  # one warning per call
+    message = str(caught[0].message)
+    assert "3 of 5 words (60%)" in message and "'zorglub', 'flibber'" in message
+    assert "synthetic world only" in message and "\n" not in message
+    assert [x["unknown_words"] for x in r] == [["zorglub"], ["flibber", "zorglub"]]
+    # all words known: no warning; a model not trained on the synthetic world does not claim it was
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert g.predict(photo, "the red cube")["unknown_words"] == []
+    real = Grounder(g.model, g.vocab, input_size=64, max_text_length=6, task="rec", trained_on="refcoco")
+    with pytest.warns(UnknownWordsWarning) as record:
+        real.predict(photo, "the zorglub")
+    assert "synthetic" not in str(record[0].message) and "1 of 2 words (50%)" in str(record[0].message)
+
+
+def test_thresholds_are_predict_options(ckpts, photo):
+    g = Grounder.from_pretrained(ckpts["gref"])
+    assert (g.postprocess_config.box_set_threshold, g.postprocess_config.no_target_threshold) == (0.7, 0.5)
+    keep_all = g.predict(photo, "the red cube", box_threshold=0.0, no_target_threshold=1.0)
+    assert keep_all["has_target"] is True and keep_all["boxes"], "threshold 0 keeps every (NMS-kept) box"
+    assert keep_all["box"] == keep_all["boxes"][0]["box"]
+    never = g.predict(photo, "the red cube", no_target_threshold=0.0)
+    assert never["has_target"] is False and never["boxes"] == [] and never["box"] is None
+    assert never["no_target"] == pytest.approx(keep_all["no_target"])  # the probability; the decision moves
+    default = g.predict(photo, "the red cube")
+    assert default["has_target"] == (default["no_target"] < 0.5)
+    assert g.postprocess_config.box_set_threshold == 0.7  # per call: the checkpoint's config is untouched
+    with pytest.raises(LanggroundError, match=r"box threshold 1.5: expected a probability in \[0, 1\]"):
+        g.predict(photo, "the red cube", box_threshold=1.5)
+    rec = Grounder.from_pretrained(ckpts["rec"])
+    with pytest.raises(LanggroundError, match="applies to models that predict a set of boxes.*'rec'"):
+        rec.predict(photo, "the red cube", box_threshold=0.5)
+    with pytest.raises(LanggroundError, match="no-target threshold 0.5: applies to"):
+        rec.predict(photo, "the red cube", no_target_threshold=0.5)
+
+
+def test_bad_device_is_one_line(ckpts, monkeypatch):
+    with pytest.raises(LanggroundError, match="device='tpu': not a device"):
+        Grounder.from_pretrained(ckpts["rec"], device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LanggroundError, match="device='cuda': CUDA is not available on this machine"):
+        Grounder.from_pretrained(ckpts["rec"], device="cuda")
+    assert Grounder.from_pretrained(ckpts["rec"], device="auto").device == torch.device("cpu")
+
+
+def test_read_form_is_what_the_model_read(rec):
+    assert rec.read_form("The red cube!") == "The red cube!"  # short: untouched
+    assert rec.read_form(" ".join(["red"] * 5000)) == "red red red red red red …"  # 6 words + ellipsis

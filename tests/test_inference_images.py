@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from langground.errors import LanggroundError
-from langground.inference.images import TruncationWarning, check_expressions, load_image
+from langground.inference.images import LargeImageWarning, TruncationWarning, check_expressions, load_image
 
 
 def rgb(img: Image.Image) -> np.ndarray:
@@ -147,3 +147,59 @@ def test_long_expressions_warn_once_per_call():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_expressions(["a cube"], max_length=20)
+
+
+def write_blank_png(path, width: int, height: int) -> None:
+    """A valid all-black 1-bit PNG of any size, written row by row: 20000x20000 is ~50 kB on disk."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch):
+    """20000x20000 = 4e8 pixels is over twice PIL's limit: our message, not PIL's DecompressionBombError."""
+    path = tmp_path / "huge.png"
+    write_blank_png(path, 20000, 20000)
+    assert path.stat().st_size < 200_000
+    with monkeypatch.context() as m:  # a real PNG of that size: PIL opens it without its guard
+        m.setattr(Image, "MAX_IMAGE_PIXELS", None)
+        with Image.open(path) as im:
+            assert im.size == (20000, 20000) and im.mode == "1"
+    limit = 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(LanggroundError) as info:
+        load_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: image has 400,000,000 pixels, more than the limit of {limit:,}")
+    assert "PIL.Image.MAX_IMAGE_PIXELS" in message and "\n" not in message
+
+
+def test_large_image_warns_in_one_line(tmp_path, monkeypatch):
+    """Above PIL's warning limit (a 10000x10000 photo at the default limit; a 60x50 image under a 2000-pixel
+    limit here, which takes the same path without decoding 1e8 pixels): our one-line warning, not PIL's."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    Image.fromarray(np.full((50, 60, 3), 9, np.uint8)).save(tmp_path / "big.jpg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = load_image(tmp_path / "big.jpg")
+    assert img.size == (60, 50)
+    assert [w.category for w in caught] == [LargeImageWarning]
+    message = str(caught[0].message)
+    assert (
+        message.startswith(f"{tmp_path / 'big.jpg'}: large image (60x50 = 3,000 pixels")
+        and "2,000" in message
+    )
+    Image.fromarray(np.zeros((80, 60, 3), np.uint8)).save(tmp_path / "bigger.png")  # 4800 > 2 x 2000
+    with pytest.raises(LanggroundError, match="image has 4,800 pixels, more than the limit of 4,000"):
+        load_image(tmp_path / "bigger.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under the limit: silent
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+        load_image(tmp_path / "big.jpg")

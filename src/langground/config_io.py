@@ -26,6 +26,7 @@ import pydantic_core
 import yaml
 from pydantic_core import ValidationError
 
+from langground._files import chmod_default
 from langground.errors import LanggroundError
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(config_to_yaml(cfg))
+        chmod_default(tmp, directory=False)  # mkstemp's 0600 -> what open() gives (0644 under umask 022)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

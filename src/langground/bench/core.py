@@ -107,7 +107,9 @@ def check_device(device: str) -> torch.device:
         raise LanggroundError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise LanggroundError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+            raise LanggroundError(
+                f"--device {device!r}: CUDA is not available on this machine; use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise LanggroundError(
                 f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
@@ -131,7 +133,9 @@ def _from_checkpoint(
     if name is not None and name != cfg.model.name:
         raise LanggroundError(f"--model {name}: checkpoint {ckpt.path} holds a {cfg.model.name!r} model")
     if task is not None and task != cfg.model.task:
-        raise LanggroundError(f"--task {task}: checkpoint {ckpt.path} was trained for task {cfg.model.task!r}")
+        raise LanggroundError(
+            f"--task {task}: checkpoint {ckpt.path} was trained for task {cfg.model.task!r}"
+        )
     return ckpt.model, cfg.model.name, cfg.model.task, str(ckpt.path)
 
 
@@ -177,7 +181,9 @@ def benchmark_model(
         source = f"checkpoint {ckpt_path}"
     else:
         if name is None:
-            raise LanggroundError("no model: pass --model NAME (`langground models` lists them) or --checkpoint")
+            raise LanggroundError(
+                "no model: pass --model NAME (`langground models` lists them) or --checkpoint"
+            )
         if not is_model(name):
             raise LanggroundError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
         task, size, ckpt_path = task or "rec", size or BENCH_SIZE, None
@@ -262,3 +268,48 @@ def benchmark_model(
         loadavg_after=load_after,
         environment=env,
     )
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    tasks: tuple[str, ...]  # the model class's ``supported_tasks``
+    params: int | None  # at the factory's defaults; None when not counted
+    vocab_size: int | None
+    description: str
+
+
+def _factory_class(name: str) -> Any:
+    """The class a registered factory returns, from its return annotation (None when it has none)."""
+    import typing
+
+    from langground.registry import _MODELS  # the factories themselves: the registry has no public getter
+
+    try:
+        return typing.get_type_hints(_MODELS[name]).get("return")
+    except Exception:  # an annotation that does not resolve
+        return None
+
+
+def describe_models(count_params: bool = True) -> list[ModelInfo]:
+    """Every registered model: supported tasks and, at its defaults, its parameters (built on the meta
+    device: shapes only, no memory or initialisation cost)."""
+    from langground.registry import _MODELS  # the factories' docstrings
+
+    out = []
+    for name in list_models():
+        doc = (_MODELS[name].__doc__ or "").strip().splitlines()
+        cls, params, vocab = _factory_class(name), None, None
+        if count_params:
+            try:
+                with torch.device("meta"):
+                    model = create_model(name)
+            except Exception:  # a factory that needs arguments or real tensors: listed without a count
+                model = None
+            if model is not None:
+                cls = type(model)
+                params = sum(p.numel() for p in model.parameters())
+                vocab = getattr(model, "vocab_size", None)
+        tasks = tuple(getattr(cls, "supported_tasks", ()) or ())
+        out.append(ModelInfo(name, tasks, params, vocab, doc[0] if doc else ""))
+    return out

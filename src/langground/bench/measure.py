@@ -151,28 +151,34 @@ def _live_bytes(prof: Any) -> tuple[int, int] | None:
 
 
 def measure_memory(fn: Callable[[], Any], device: str = "cpu") -> MemoryReport:
-    """Peak allocated memory and RSS growth of one call of ``fn`` (run it warm: after a first call,
-    so one-time work is not counted). What was allocated before the call (the weights) is not counted;
-    the result of ``fn`` is (it is alive at the end of the call)."""
-    from torch.profiler import ProfilerActivity, profile
-
+    """Peak allocated memory and RSS growth of ``fn()`` (run it warm: after a first call, so one-time
+    work is not counted). What was allocated before the call (the weights) is not counted; the result
+    of ``fn`` is (it is alive at the end of the call). Two calls: one for the RSS (nothing else running
+    in the process), one under the profiler for the allocator (CPU)."""
     release_free_heap()
-    method, peak, retained = "unavailable", 0, 0
     with PeakRSS() as rss:
+        out = fn()
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            out = fn()
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() - before
-            retained = torch.cuda.memory_allocated() - before
-            method = "cuda allocator"
-        else:
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-                out = fn()
-            live = _live_bytes(prof)
-            if live is not None:
-                (peak, retained), method = live, "torch.profiler"
     del out
-    return MemoryReport(max(0, peak), retained, rss.delta, method)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        torch.cuda.synchronize()
+        peak, retained = torch.cuda.max_memory_allocated() - before, torch.cuda.memory_allocated() - before
+        del out
+        return MemoryReport(max(0, peak), retained, rss.delta, "cuda allocator")
+    # Kineto (the profiler's backend) otherwise prints "profiler_start/stop" lines on stderr at every
+    # use; read when it first starts. A user's own setting wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    del out
+    live = _live_bytes(prof)
+    if live is None:
+        return MemoryReport(0, 0, rss.delta, "unavailable")
+    return MemoryReport(max(0, live[0]), live[1], rss.delta, "torch.profiler")

@@ -17,6 +17,13 @@ class DType(str, Enum):
     bf16 = "bf16"
 
 
+MEMORY_METHODS = {
+    "torch.profiler": "CPU allocator events, torch.profiler",
+    "cuda allocator": "CUDA allocator peak",
+    "unavailable": "not measurable with this torch",
+}
+
+
 def _human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
@@ -103,13 +110,13 @@ def bench(
     table.add_row("weights", f"{r.weights_mb:.1f} MiB")
     table.add_row(
         "peak activations",
-        f"{r.peak_activation_mb:.1f} MiB  (one forward: tensors allocated above the weights, by the "
-        f"{r.memory_method})",
+        f"{r.peak_activation_mb:.1f} MiB  (one warm forward: tensor memory allocated on top of the weights; "
+        f"{MEMORY_METHODS.get(r.memory_method, r.memory_method)})",
     )
     table.add_row(
         "RSS growth",
-        f"{r.peak_rss_delta_mb:.1f} MiB in one forward, {r.first_call_rss_delta_mb:.1f} MiB over the first "
-        "calls (weight packing, compilation)",
+        f"{r.peak_rss_delta_mb:.1f} MiB in one warm forward, {r.first_call_rss_delta_mb:.1f} MiB over the "
+        "first calls (weight packing, compilation); after returning freed heap to the OS",
     )
     load = ", ".join(f"{v:.2f}" for v in r.loadavg_before)
     table.add_row("load average before", f"{load}  (latency is only meaningful on an idle machine)")
@@ -118,22 +125,30 @@ def bench(
 
 @user_errors
 def models(
-    tasks: bool = typer.Option(True, "--params/--no-params", help="Count parameters (builds each model)."),
+    count_params: bool = typer.Option(
+        True, "--params/--no-params", help="Count parameters (builds each model on the meta device)."
+    ),
 ) -> None:
     """The registered models, the tasks each supports and its parameters at default settings."""
     from langground.bench.core import describe_models
 
     table = Table(title="registered models")
-    table.add_column("model", style="bold")
-    table.add_column("tasks")
-    table.add_column("params (defaults)", justify="right")
+    table.add_column("model", style="bold", no_wrap=True)
+    table.add_column("tasks", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("vocab", justify="right", no_wrap=True)
     table.add_column("description")
-    for info in describe_models(count_params=tasks):
-        count = "–" if info.params is None else f"{_human(info.params)} (vocab {info.vocab_size:,})"
-        table.add_row(info.name, ", ".join(info.tasks) or "?", count, info.description)
+    for info in describe_models(count_params=count_params):
+        table.add_row(
+            info.name,
+            ", ".join(info.tasks) or "?",
+            "–" if info.params is None else _human(info.params),
+            "–" if info.params is None or info.vocab_size is None else f"{info.vocab_size:,}",
+            info.description,
+        )
     console.print(table)
     console.print(
-        "params: task rec at the model's default input size and vocabulary; `langground bench --model NAME "
-        "--vocab-size N` for others",
+        "params at the model's defaults (task, input size, vocabulary; – where building one is not cheap); "
+        "`langground bench --model NAME --task T --vocab-size N` for others",
         highlight=False,
     )

@@ -156,7 +156,6 @@ def print_eval_result(result, console, title: str | None = None) -> None:  # res
         console.print(f"protocol: {result.protocol}", highlight=False, soft_wrap=True)
 
 
-
 @user_errors
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory, or a run directory (its best/)."),

@@ -214,7 +214,7 @@ def predict(
     source: Path = typer.Argument(
         ...,
         metavar="INPUT",
-        help='An image file (any size and mode), a folder of images (each gets the EXPRESSIONS) or a .jsonl '
+        help="An image file (any size and mode), a folder of images (each gets the EXPRESSIONS) or a .jsonl "
         'file of {"image": PATH, "expression": TEXT} rows (paths relative to the file).',
     ),
     expressions: list[str] | None = typer.Argument(
@@ -322,9 +322,16 @@ def predict(
 
         with JsonLinesWriter(results_path) as sink:
             for r in results:
-                sink.write({"image": str(source), "width": pil.width, "height": pil.height, **result_to_json(r)})
+                sink.write(
+                    {"image": str(source), "width": pil.width, "height": pil.height, **result_to_json(r)}
+                )
     if as_json:
-        doc = {"image": str(source), "width": pil.width, "height": pil.height, "results": result_to_json(results)}
+        doc = {
+            "image": str(source),
+            "width": pil.width,
+            "height": pil.height,
+            "results": result_to_json(results),
+        }
         print(json.dumps(doc, indent=1))
     else:
         console.print(f"{source} ({pil.width}x{pil.height})", highlight=False)
@@ -360,6 +367,7 @@ def _predict_many(
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_terminal,  # no bar in logs and pipes: it would only add blank lines
     )
     with JsonLinesWriter(results_path) as sink, progress:
         bar = progress.add_task("predict", total=len(jobs))

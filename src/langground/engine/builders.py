@@ -105,9 +105,7 @@ def _root(cfg: DataConfig) -> Path:
     return Path(os.path.expanduser(cfg.root))
 
 
-def ensure_dataset(
-    cfg: DataConfig, generate: bool = True, log: Callable[[str], None] | None = None
-) -> Path:
+def ensure_dataset(cfg: DataConfig, generate: bool = True, log: Callable[[str], None] | None = None) -> Path:
     """The dataset root; for ``synth``, the world is generated there first when the directory is absent
     or empty (``generate=False`` on ranks other than 0, which wait for rank 0). ``log`` receives what
     is being generated (where, how many images) and when it is done.

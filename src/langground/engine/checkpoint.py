@@ -32,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 import langground
+from langground._files import chmod_tree_default
 from langground.config import Config, load_config, save_config
 from langground.errors import CheckpointError, LanggroundError
 from langground.text.vocab import Vocabulary
@@ -106,6 +107,7 @@ def save_checkpoint(
             _write_json(tmp / ANSWERS, {"answers": list(answers)})
         if trainer_state is not None:
             torch.save(dict(trainer_state), tmp / TRAINER_STATE)
+        chmod_tree_default(tmp)  # mkdtemp's 0700 (and mkstemp's 0600): readable as the umask allows
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from langground._files import chmod_default
 from langground.config import Config
 from langground.engine import distributed as D
 from langground.engine.builders import (
@@ -269,6 +270,7 @@ def write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        chmod_default(tmp, directory=False)  # mkstemp's 0600 -> what open() gives (0644 under umask 022)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

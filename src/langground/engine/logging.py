@@ -209,7 +209,9 @@ class TrainProgress:
         elif step % self.log_every == 0 or step == self.total:
             left, why = self.eta(step, train_seconds)
             self.console.print(
-                f"step {step}/{self.total} {info} ETA {format_duration(left)} ({why})", highlight=False
+                f"step {step}/{self.total} {info} ETA {format_duration(left)} ({why})",
+                highlight=False,
+                soft_wrap=True,  # a log line: never hard-wrapped mid-word
             )
 
     def stop(self) -> None:

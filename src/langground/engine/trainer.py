@@ -132,7 +132,7 @@ class Trainer:
             self.answers = builders.build_answers(self.train_records) if self.task.needs_answers else None
 
     def _say(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(message, highlight=False, soft_wrap=True)
 
     def _setup_model(self) -> None:
         """Model, criterion and EMA with the same initial weights on every rank; then per-rank RNG."""
@@ -222,6 +222,7 @@ class Trainer:
                 f"resuming {self.run_dir} from step {self.progress.step}/{self.total_steps} ({name})"
                 f"{self._budget_note()}",
                 highlight=False,
+                soft_wrap=True,
             )
 
     def _check_resumable(self) -> None:

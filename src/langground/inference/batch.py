@@ -87,7 +87,9 @@ def read_jsonl(path: Path) -> list[Job]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LanggroundError(f"{where}: not valid JSON ({e.msg}, column {e.colno}): expected {ROW}") from None
+            raise LanggroundError(
+                f"{where}: not valid JSON ({e.msg}, column {e.colno}): expected {ROW}"
+            ) from None
         if not isinstance(row, dict):
             raise LanggroundError(f"{where}: {_json_type(row)}, expected an object {ROW}")
         image = row.get("image")
@@ -101,7 +103,9 @@ def read_jsonl(path: Path) -> list[Job]:
         if not isinstance(expression, str):
             raise LanggroundError(f'{where}: "{key}" is {_json_type(expression)}, expected a string')
         if not tokenize(expression):
-            raise LanggroundError(f'{where}: "{key}" {expression!r} has no words: expected a referring expression')
+            raise LanggroundError(
+                f'{where}: "{key}" {expression!r} has no words: expected a referring expression'
+            )
         img = Path(image).expanduser()
         if not img.is_absolute():
             img = path.parent / img
@@ -143,7 +147,9 @@ def collect_jobs(source: Path, expressions: Sequence[str]) -> tuple[str, list[Jo
             )
         return "jsonl", read_jsonl(source)
     if not expressions:
-        raise LanggroundError(f'{source}: no expressions given: expected predict CKPT IMAGE "the red cube" [...]')
+        raise LanggroundError(
+            f'{source}: no expressions given: expected predict CKPT IMAGE "the red cube" [...]'
+        )
     return "image", [Job(source, expressions, [None] * len(expressions))]
 
 
@@ -175,7 +181,9 @@ class JsonLinesWriter:
 
     def __enter__(self) -> JsonLinesWriter:
         if self.path is not None:
-            fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}-", suffix=".tmp")
+            fd, self._tmp = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}-", suffix=".tmp"
+            )
             self._file = os.fdopen(fd, "w", encoding="utf-8")
         return self
 

@@ -2,7 +2,8 @@
 
 Everything is drawn with PIL on the ORIGINAL image (results are in its pixels), so a picture shows exactly
 what the numbers say. Sizes (line width, font) scale with the image, so a 96-pixel synthetic scene and a
-640-pixel photo both stay legible.
+640-pixel photo both stay legible; a label never covers a predicted object: it sits next to its box, or in
+a legend strip under the image when there is no room (small images, crowded scenes).
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def _box_of(result: Mapping[str, Any]) -> list[float] | None:
 
 
 def prediction_label(result: Mapping[str, Any], text: str, box_threshold: float | None = None) -> str:
-    """The label "expression  score", and for a model with a no-target head the decision next to its probability:
-    ``no target (p=0.87)``, or ``target (p(no target)=0.13), 0 boxes above 0.70`` when none passed."""
+    """The label of one result: "expression  score"; with a no-target head, the decision next to its
+    probability: ``no target (p=0.87)``, or ``target (p(no target)=0.13), 0 boxes above 0.70``."""
     label = _short(text)
     n = len(_boxes_of(result))
     if n and result.get("score") is not None:
@@ -204,7 +205,11 @@ def _label_extent(draw: ImageDraw.ImageDraw, text: str, size: int) -> tuple[int,
 
 
 def _place(
-    w: float, h: float, candidates: Sequence[tuple[float, float]], blocked: Sequence[Rect], size: tuple[int, int]
+    w: float,
+    h: float,
+    candidates: Sequence[tuple[float, float]],
+    blocked: Sequence[Rect],
+    size: tuple[int, int],
 ) -> Rect | None:
     """The first candidate top-left corner whose ``w x h`` label lies on the image and covers nothing."""
     for x, y in candidates:
@@ -216,7 +221,9 @@ def _place(
     return None
 
 
-def _box_candidates(box: Sequence[float], w: float, h: float, size: tuple[int, int]) -> list[tuple[float, float]]:
+def _box_candidates(
+    box: Sequence[float], w: float, h: float, size: tuple[int, int]
+) -> list[tuple[float, float]]:
     """Label corners around a box, nearest first: above, below (left- then right-aligned), beside."""
     x0, y0, x1, y1 = box
     clamp = lambda x: min(max(0.0, x), max(0.0, size[0] - w))
@@ -234,13 +241,24 @@ def _draw_filled_label(draw: ImageDraw.ImageDraw, rect: Rect, text: str, color, 
     draw.text((rect[0] + pad - left, rect[1] + pad - top), text, fill=_text_color(color), font=font(size))
 
 
+def _wrap_px(text: str, f: Any, max_width: float) -> list[str]:
+    """Greedy word wrap measured in pixels (a word longer than a line gets a line of its own)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure(f"{lines[-1]} {word}", font=f) <= max_width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def _legend(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int, size: int) -> Image.Image:
     """A white strip of colour-filled labels, wrapped to ``width``: for labels with no room on the image."""
     f = font(size)
     pad, gap = max(2, size // 5), max(2, size // 4)
-    chars = max(8, int((width - 2 * pad - 2 * gap) / (0.6 * size)))
     line_h = round(size * 1.25)
-    blocks = [(textwrap.wrap(text, chars) or [""], color) for text, color in entries]
+    blocks = [(_wrap_px(text, f, width - 2 * (pad + gap)), color) for text, color in entries]
     height = gap + sum(len(lines) * line_h + 2 * pad + gap for lines, _ in blocks)
     strip = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(strip)
@@ -274,12 +292,13 @@ def draw_predictions(
     draw = ImageDraw.Draw(out)
     width, size = line_width(out.size), label_size(out.size)
     all_boxes = [_boxes_of(r) for r in results]
+    for i, boxes in enumerate(all_boxes):
+        for box in boxes:
+            draw_box(draw, box, PALETTE[i % len(PALETTE)], width)
     blocked: list[Rect] = [tuple(b) for boxes in all_boxes for b in boxes]  # type: ignore[misc]
     legend: list[tuple[str, tuple[int, int, int]]] = []
     for i, (result, text, boxes) in enumerate(zip(results, expressions, all_boxes, strict=True)):
         color = PALETTE[i % len(PALETTE)]
-        for box in boxes:
-            draw_box(draw, box, color, width)
         label = prediction_label(result, text, box_threshold)
         w, h, _, _ = _label_extent(draw, label, size)
         if boxes:

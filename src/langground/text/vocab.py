@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from langground._files import chmod_default
 from langground.text.tokenizer import tokenize
 from langground.types import TextBatch
 
@@ -85,6 +86,7 @@ class Vocabulary:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vocab-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(self.to_json())
+        chmod_default(tmp, directory=False)  # mkstemp's 0600 -> what open() gives (0644 under umask 022)
         os.replace(tmp, path)
 
     @classmethod

@@ -1,0 +1,175 @@
+"""LADS (issue 9): do pruned FLOPs turn into wall-clock time? Subnet vs supernet of ``lads_r50``.
+
+For each expression a gate pattern is forced at a realistic keep rate (default: ~50% of the 12 gated
+bottlenecks, ~60% of their conv2 filters, ~83% of the fusion sublayers, i.e. the paper's Fig. 4c-d
+averages: 8 of 16 backbone layers, 10 of 12 fusion sublayers), then, at batch 1:
+
+- FLOPs (``torch.utils.flop_counter``, the MHA fast path off so attention is counted) of the whole
+  forward (text encoder + Gating Network + subnet) vs the all-open supernet;
+- latency, end to end through ``model.forward_with_gates`` with a COLD subnet cache (so slicing the
+  subnet's weights is paid per expression), vs the all-open supernet; and the latency of the prebuilt
+  static subnets alone (``prebuilt``), the extraction time separately.
+
+Supernet = the all-open pattern through the same static path (BN2 folded like every subnet), so the two
+differ only in what is pruned. Medians over ``--repeats``; subnet and supernet runs alternate.
+
+    python benchmarks/bench_lads.py --json                       # lads_r50, 512^2, 2 threads
+    python benchmarks/bench_lads.py --model lads_t --size 128    # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from langground.layers.gates import Gates
+from langground.registry import create_model
+from langground.types import TextBatch
+
+EXPRESSIONS = [
+    "the man in the red shirt on the left",
+    "small girl held by her father in a green shirt",
+    "black car in the back",
+    "second banana from the right",
+    "the dog lying next to the sofa",
+    "woman with an umbrella",
+    "blue cup behind the laptop",
+    "the tallest tree in the middle of the picture",
+]
+
+
+def _text(sentence: str) -> TextBatch:
+    words = sentence.split()
+    ids = torch.arange(2, 2 + len(words))[None]
+    return TextBatch(ids, torch.ones_like(ids, dtype=torch.bool), [sentence], [words])
+
+
+def _pattern(model, seed: int, p_layer: float, p_filter: float, p_fusion: float) -> Gates:
+    g = torch.Generator().manual_seed(seed)
+    n_blocks = len(model.gated_blocks)
+    layer = torch.cat(
+        [
+            (torch.rand(1, n_blocks, generator=g) < p_layer),
+            (torch.rand(1, model.gating.num_units - n_blocks, generator=g) < p_fusion),
+        ],
+        1,
+    ).float()
+    filt = (torch.rand(1, sum(model.gating.filters), generator=g) < p_filter).float()
+    return Gates(layer, filt)
+
+
+def _flops(model, images, text, gates) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model.forward_with_gates(images, text, gates)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return fc.get_total_flops()
+
+
+def _time(fn, repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lads_r50")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--expressions", type=int, default=len(EXPRESSIONS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep-layers", type=float, default=0.5)
+    ap.add_argument("--keep-filters", type=float, default=0.6)
+    ap.add_argument("--keep-fusion", type=float, default=10 / 12)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model(args.model, input_size=args.size).eval().to(args.device)
+    images = torch.randn(1, 3, args.size, args.size, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    texts = [_text(s) for s in (EXPRESSIONS * 4)[: args.expressions]]
+    u, c = model.gating.num_units, sum(model.gating.filters)
+    full = Gates(torch.ones(1, u), torch.ones(1, c))
+    patterns = [
+        _pattern(model, i, args.keep_layers, args.keep_filters, args.keep_fusion) for i in range(len(texts))
+    ]
+
+    def run(text, gates, cold: bool):
+        if cold:
+            model._subnets.clear()
+        with torch.no_grad():
+            model.forward_with_gates(images, text, gates)
+        sync()
+
+    super_flops = _flops(model, images, texts[0], full)
+    rows = []
+    with torch.no_grad():
+        tokens, mask = model.encode_text(texts[0])
+        supernet = model.build_subnet(full.layer[0], full.filter[0])
+        for _ in range(2):  # warm-up
+            run(texts[0], full, cold=False)
+            supernet(images, tokens, mask)
+        for text, gates in zip(texts, patterns, strict=True):
+            tokens, mask = model.encode_text(text)
+            t0 = time.perf_counter()
+            subnet = model.build_subnet(gates.layer[0], gates.filter[0])
+            extract = time.perf_counter() - t0
+            rows.append(
+                {
+                    "flops_ratio": _flops(model, images, text, gates) / super_flops,
+                    "latency_ratio": _time(lambda t=text, g=gates: run(t, g, cold=True), args.repeats)
+                    / _time(lambda t=text: run(t, full, cold=False), args.repeats),
+                    "prebuilt_latency_ratio": _time(
+                        lambda s=subnet, k=tokens, m=mask: (s(images, k, m), sync()), args.repeats
+                    )
+                    / _time(lambda k=tokens, m=mask: (supernet(images, k, m), sync()), args.repeats),
+                    "extract_ms": extract * 1e3,
+                    "keep_layers": float(gates.layer[0, : len(model.gated_blocks)].mean()),
+                    "keep_filters": float(gates.filter.mean()),
+                }
+            )
+        super_ms = _time(lambda: run(texts[0], full, cold=False), args.repeats) * 1e3
+
+    def mean(key):
+        return statistics.fmean(r[key] for r in rows)
+
+    result = {
+        "model": args.model,
+        "size": args.size,
+        "threads": args.threads,
+        "device": args.device,
+        "expressions": len(rows),
+        "supernet_gflops": super_flops / 1e9,
+        "supernet_ms": super_ms,
+        "flops_ratio": mean("flops_ratio"),
+        "latency_ratio": mean("latency_ratio"),
+        "prebuilt_latency_ratio": mean("prebuilt_latency_ratio"),
+        "extract_ms": mean("extract_ms"),
+        "keep_layers": mean("keep_layers"),
+        "keep_filters": mean("keep_filters"),
+    }
+    result["bar_latency_le_1.15x_flops"] = result["latency_ratio"] <= 1.15 * result["flops_ratio"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
+
+
+if __name__ == "__main__":
+    main()

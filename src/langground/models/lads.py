@@ -1,0 +1,374 @@
+"""LADS (Su et al., AAAI 2023): Language Adaptive Dynamic Subnets for REC, with REAL subnet execution.
+
+Supernet (paper "Framework"): a ResNet bottleneck backbone (C5 -> 1x1 conv to ``dim`` + 2-D sine
+positions), a text encoder with a [CLS] token, ``M`` post-norm Transformer layers over [text; visual]
+tokens, and a 3-layer MLP on the [CLS] position -> sigmoid -> normalised cxcywh (``pred_boxes``).
+The Gating Network (``layers/gates.py``, Eq. 1-5) reads the expression ALONE and gates every stride-1
+bottleneck (layer gate + one filter gate per conv2 channel) and every fusion sublayer (attention, FFN).
+
+Execution: training runs the masked supernet (Eq. 6-7, gradients through the gates); evaluation computes
+the gates first, reads them to the host once, groups the rows by gate pattern and runs each pattern's
+static subnet (``layers/gated_blocks.py``) in which closed layers and filters are not computed.
+``execution="masked"`` keeps the masked reference at eval. ``extract_subnet(text)`` returns one
+expression's subnet as a plain module ``images -> boxes``.
+
+==========  =====================  ============  ===============  ==========  =====
+variant     backbone               text          fusion d/h/ffn   layers M    input
+==========  =====================  ============  ===============  ==========  =====
+lads_r50    ResNet-50 (timm)       MiniLM-L6     256 / 8 / 2048   6           512
+lads_t      bottleneck 2-2-2-2,    scratch GRU   64 / 4 / 128     3           128
+            widths 16/32/48/64
+==========  =====================  ============  ===============  ==========  =====
+
+``lads_t`` is ours (CPU / synthetic world). Sources of every choice: docs/fidelity.md ("LADS").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from langground.errors import CheckpointError, LanggroundError
+from langground.layers.gated_blocks import (
+    FusionLayer,
+    SlicedBottleneck,
+    StaticFusionLayer,
+    bottleneck_masked,
+    is_gateable,
+)
+from langground.layers.gates import Gates, GatingNetwork, gate_mutual_information
+from langground.layers.position import PositionEmbeddingSine2d
+from langground.models.backbones import read_state_dict
+from langground.models.base import GroundingModel
+from langground.models.text_encoders import build_text_encoder
+from langground.registry import register_model
+from langground.types import TextBatch
+
+
+@dataclass
+class LADSConfig:
+    task: str = "rec"
+    vocab_size: int = 10000
+    num_answers: int = 0
+    input_size: int = 512
+    max_text_length: int = 40
+    backbone: str = "resnet50"  # a timm ResNet name, or "bottleneck" (ours: widths/depths below)
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    stem_width: int = 16
+    backbone_weights: str | None = None
+    text_encoder: str = "minilm"  # "minilm" (6-layer BERT-shaped, the paper's) | "gru" | "lstm"
+    word_dim: int = 300
+    freeze_text_encoder: bool = False
+    dim: int = 256
+    heads: int = 8
+    ffn: int = 2048
+    fusion_layers: int = 6
+    dropout: float = 0.1
+    gate_hidden: int = 64  # d_h of Eq. 3
+    gate_init: float = 3.0  # head bias: every gate starts open
+    execution: str = "subnet"  # eval: "subnet" (skip closed units) | "masked" (Eq. 6-7 reference)
+
+    def __post_init__(self) -> None:
+        self.widths, self.depths = tuple(int(w) for w in self.widths), tuple(int(d) for d in self.depths)
+        if self.execution not in ("subnet", "masked"):
+            raise LanggroundError(f"execution must be 'subnet' or 'masked', got {self.execution!r}")
+        if self.dim % self.heads or self.dim % 4:
+            raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build_resnet(cfg: LADSConfig) -> nn.Module:
+    import timm
+    from timm.models.resnet import Bottleneck, ResNet
+
+    if cfg.backbone == "bottleneck":
+        net = ResNet(Bottleneck, cfg.depths, num_classes=0, channels=cfg.widths, stem_width=cfg.stem_width)
+    else:
+        net = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+    if cfg.backbone_weights:
+        state = {k: v for k, v in read_state_dict(cfg.backbone_weights).items() if not k.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"backbone_weights: {cfg.backbone_weights} does not fit {cfg.backbone!r}: {len(missing)} "
+                f"missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
+            )
+    return net
+
+
+def resnet_blocks(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``("layer<s>.<i>", block)`` for every residual block of a timm / torchvision ResNet, in order."""
+    return [
+        (f"{s}.{i}", b)
+        for s in ("layer1", "layer2", "layer3", "layer4")
+        for i, b in enumerate(net.get_submodule(s))
+    ]
+
+
+class LADSSubnet(nn.Module):
+    """A static subnet: ``(images, text tokens, text mask) -> boxes``; no gates, nothing closed computed."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        blocks: list[nn.Module],
+        proj: nn.Module,
+        pos: nn.Module,
+        fusion: list[nn.Module],
+        head: nn.Module,
+    ):
+        super().__init__()
+        self.stem, self.blocks = stem, nn.Sequential(*blocks)
+        self.proj, self.pos, self.fusion, self.head = proj, pos, nn.ModuleList(fusion), head
+
+    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        v = self.proj(self.blocks(self.stem(images)))
+        v = (v + self.pos(*v.shape[-2:], v.device, v.dtype)).flatten(2).transpose(1, 2)
+        x = torch.cat([tokens.to(v.dtype), v], 1)
+        pad = ~torch.cat([mask, mask.new_ones(mask.shape[0], v.shape[1])], 1)
+        for layer in self.fusion:
+            x = layer(x, pad)
+        return self.head(x[:, 0]).sigmoid()
+
+
+class ExpressionSubnet(nn.Module):
+    """One expression's subnet with its (precomputed) text features: ``images -> (N, 4)`` boxes."""
+
+    def __init__(self, subnet: LADSSubnet, tokens: Tensor, mask: Tensor):
+        super().__init__()
+        self.subnet = subnet
+        self.register_buffer("tokens", tokens.detach().clone())
+        self.register_buffer("mask", mask.detach().clone())
+
+    def forward(self, images: Tensor) -> Tensor:
+        n = images.shape[0]
+        return self.subnet(images, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1))
+
+
+class LADS(GroundingModel):
+    supported_tasks = ("rec",)
+    size_divisor = 32
+    loss_weights = {"mi": 0.1}  # Eq. 9's lambda_mi; the term is -I(G; F_l), see forward
+    _CACHE = 4  # static subnets kept per model (a subnet of lads_r50 holds up to ~45 MB of sliced weights)
+
+    def __init__(self, cfg: LADSConfig):
+        super().__init__(
+            cfg.task, cfg.input_size, cfg.max_text_length, cfg.vocab_size, cfg.num_answers, cfg.to_dict()
+        )
+        self.config = cfg
+        d = cfg.dim
+        self.text_encoder = build_text_encoder(
+            cfg.text_encoder,
+            cfg.vocab_size,
+            cfg.word_dim,
+            d,
+            cfg.heads,
+            cfg.ffn,
+            cfg.dropout,
+            freeze=cfg.freeze_text_encoder,
+        )
+        # MiniLM brings its own [CLS] at position 0; the scratch encoders get a learned one
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.text_encoder != "minilm" else None
+        self.backbone = _build_resnet(cfg)
+        self.gated_blocks = [n for n, m in self._blocks() if is_gateable(m)]
+        c5 = self.backbone.num_features
+        self.input_proj = nn.Conv2d(c5, d, 1)
+        self.pos = PositionEmbeddingSine2d(d)
+        self.fusion = nn.ModuleList(
+            [FusionLayer(d, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.fusion_layers)]
+        )
+        self.box_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+        filters = [self.backbone.get_submodule(n).conv2.out_channels for n in self.gated_blocks]
+        self.gating = GatingNetwork(
+            d, filters + [0] * (2 * cfg.fusion_layers), cfg.gate_hidden, cfg.gate_init
+        )
+        self._offsets = [0]
+        for c in filters:
+            self._offsets.append(self._offsets[-1] + c)
+        self._subnets: OrderedDict[tuple, LADSSubnet] = OrderedDict()
+        for m in (*self.fusion, self.box_head, self.input_proj):  # the paper's Xavier init of the rest
+            for p in m.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+
+    # ------------------------------------------------------------------ parts
+    def _blocks(self) -> list[tuple[str, nn.Module]]:
+        return resnet_blocks(self.backbone)
+
+    def _stem(self) -> nn.Module:
+        b = self.backbone
+        return nn.Sequential(b.conv1, b.bn1, b.act1, b.maxpool)
+
+    def encode_text(self, text: TextBatch) -> tuple[Tensor, Tensor]:
+        """``(N, L, dim)`` tokens with [CLS] first, ``(N, L)`` bool mask."""
+        feats = self.text_encoder(text)
+        tokens, mask = feats.tokens, feats.mask
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
+        return tokens, mask
+
+    def gates(self, text: TextBatch) -> tuple[Gates, Tensor, Tensor, Tensor]:
+        """Eq. 1-5 from the expression alone: ``(gates, alpha, tokens, mask)``."""
+        tokens, mask = self.encode_text(text)
+        g, alpha = self.gating(tokens, mask)
+        return g, alpha, tokens, mask
+
+    # ------------------------------------------------------------------ masked supernet (Eq. 6-7)
+    def run_masked(self, images: Tensor, tokens: Tensor, mask: Tensor, g: Gates) -> Tensor:
+        x = self._stem()(images)
+        k = 0
+        for name, block in self._blocks():
+            if k < len(self.gated_blocks) and name == self.gated_blocks[k]:
+                x = bottleneck_masked(
+                    block, x, g.layer[:, k], g.filter[:, self._offsets[k] : self._offsets[k + 1]]
+                )
+                k += 1
+            else:
+                x = block(x)
+        v = self.input_proj(x)
+        v = (v + self.pos(*v.shape[-2:], v.device, v.dtype)).flatten(2).transpose(1, 2)
+        h = torch.cat([tokens.to(v.dtype), v], 1)
+        pad = ~torch.cat([mask, mask.new_ones(mask.shape[0], v.shape[1])], 1)
+        u = len(self.gated_blocks)
+        for j, layer in enumerate(self.fusion):
+            h = layer(h, pad, g.layer[:, u + 2 * j], g.layer[:, u + 2 * j + 1])
+        return self.box_head(h[:, 0]).sigmoid()
+
+    # ------------------------------------------------------------------ static subnets
+    def build_subnet(self, layer: Tensor, filt: Tensor) -> LADSSubnet:
+        """The static subnet of one hard pattern (``layer`` ``(U,)``, ``filter`` ``(C,)``, on the host).
+        Needs eval mode: conv2's BatchNorm is folded with its running statistics."""
+        if self.training:
+            raise LanggroundError("build_subnet / extract_subnet need model.eval() (BatchNorm is folded)")
+        layer, filt = layer.bool().tolist(), filt.bool()
+        blocks: list[nn.Module] = []
+        k = 0
+        for name, block in self._blocks():
+            if k < len(self.gated_blocks) and name == self.gated_blocks[k]:
+                if layer[k]:  # open: keep its open filters
+                    keep = filt[self._offsets[k] : self._offsets[k + 1]].nonzero().flatten().tolist()
+                    blocks.append(SlicedBottleneck(block, keep))
+                k += 1  # closed: the block is its (identity) shortcut
+            else:
+                blocks.append(block)
+        u = len(self.gated_blocks)
+        fusion = [
+            StaticFusionLayer(m, layer[u + 2 * j], layer[u + 2 * j + 1]) for j, m in enumerate(self.fusion)
+        ]
+        return LADSSubnet(self._stem(), blocks, self.input_proj, self.pos, fusion, self.box_head)
+
+    def _cached_subnet(self, layer: Tensor, filt: Tensor) -> LADSSubnet:
+        # weights changed in place (optimizer step, EMA copy, load_state_dict) bump tensor versions
+        version = tuple(t._version for t in self.state_dict(keep_vars=True).values())
+        key = (layer.numpy().tobytes(), filt.numpy().tobytes(), version)
+        net = self._subnets.pop(key, None)
+        if net is None:
+            net = self.build_subnet(layer, filt)
+        self._subnets[key] = net
+        while len(self._subnets) > self._CACHE:
+            self._subnets.popitem(last=False)
+        return net
+
+    def run_subnets(self, images: Tensor, tokens: Tensor, mask: Tensor, g: Gates) -> Tensor:
+        """Rows grouped by gate pattern; each group runs its static subnet (exact w.r.t. masked)."""
+        pattern = torch.cat([g.layer, g.filter], 1).cpu().to(torch.uint8)  # the one device -> host read
+        uniq, inverse = torch.unique(pattern, dim=0, return_inverse=True)
+        out = images.new_empty(images.shape[0], 4)
+        u = g.layer.shape[1]
+        for p in range(uniq.shape[0]):
+            rows = (inverse == p).nonzero().flatten().to(images.device)
+            net = self._cached_subnet(uniq[p, :u], uniq[p, u:])
+            out[rows] = net(images[rows], tokens[rows], mask[rows]).to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def extract_subnet(self, text: TextBatch) -> ExpressionSubnet:
+        """The subnet of ONE expression as a plain, static module ``images -> (N, 4)`` boxes (its own
+        copy of the weights it keeps)."""
+        if len(text) != 1:
+            raise LanggroundError(f"extract_subnet takes one expression, got {len(text)}")
+        self.eval()
+        g, _, tokens, mask = self.gates(text)
+        net = copy.deepcopy(self.build_subnet(g.layer[0].cpu(), g.filter[0].cpu()))
+        return ExpressionSubnet(net, tokens, mask).eval()
+
+    # ------------------------------------------------------------------ forward
+    def forward_unchecked(self, images: Tensor, text: TextBatch, **queries: Any) -> dict[str, Any]:
+        return self.forward_with_gates(images, text)
+
+    def forward_with_gates(
+        self, images: Tensor, text: TextBatch, gates: Gates | None = None
+    ) -> dict[str, Any]:
+        """The forward pass; ``gates`` (hard 0/1, e.g. a forced pattern) replace the Gating Network's."""
+        g, alpha, tokens, mask = self.gates(text)
+        probs = None if g.layer_prob is None else torch.cat([g.layer_prob, g.filter_prob], 1)
+        if gates is not None:
+            g = gates
+        images = text.images_per_text(images).to(self.input_proj.weight.dtype)
+        if self.training or self.config.execution == "masked":
+            boxes = self.run_masked(images, tokens, mask, g)
+        else:
+            boxes = self.run_subnets(images, tokens, mask, g)
+        out: dict[str, Any] = {"pred_boxes": boxes}
+        if probs is not None:  # Eq. 9: the criterion adds 0.1 * loss_mi, so the term is -I(G; F_l)
+            out["losses"] = {"loss_mi": -gate_mutual_information(probs)}
+        out["aux"] = {
+            "gates": {"layer": g.layer.detach(), "filter": g.filter.detach()},
+            "gate_attention": alpha,
+        }
+        return out
+
+    def train(self, mode: bool = True) -> LADS:
+        self._subnets.clear()
+        return super().train(mode)
+
+
+# ----------------------------------------------------------------------------- registered variants
+
+_FIELDS = {f.name for f in dataclasses.fields(LADSConfig)}
+_R50: dict[str, Any] = {}
+_T: dict[str, Any] = {
+    "backbone": "bottleneck",
+    "input_size": 128,
+    "max_text_length": 20,
+    "vocab_size": 100,
+    "text_encoder": "gru",
+    "word_dim": 32,
+    "dim": 64,
+    "heads": 4,
+    "ffn": 128,
+    "fusion_layers": 3,
+    "gate_hidden": 32,
+}
+
+
+def _build(defaults: dict[str, Any], kwargs: dict[str, Any]) -> LADS:
+    unknown = set(kwargs) - _FIELDS
+    if unknown:
+        raise LanggroundError(
+            f"unknown LADS option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(_FIELDS))}"
+        )
+    return LADS(LADSConfig(**{**defaults, **kwargs}))
+
+
+@register_model
+def lads_r50(**kwargs: Any) -> LADS:
+    """LADS with ResNet-50, the 6-layer MiniLM and 6 fusion layers at 512^2 (the paper's)."""
+    return _build(_R50, kwargs)
+
+
+@register_model
+def lads_t(**kwargs: Any) -> LADS:
+    """Tiny LADS for the synthetic world on CPU (ours): 8 narrow bottlenecks, scratch GRU, 3 fusion layers."""
+    return _build(_T, kwargs)
