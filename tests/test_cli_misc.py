@@ -54,7 +54,9 @@ def test_models_command_lists_them(cli):
     assert rows["laconvnet_s"] == ["rec, res, gref, gres, vqa", "23.78M", "10,000"]
     assert rows["laconvnet_t"] == ["rec, res, gref, gres, vqa", "1.10M", "100"]
     quick = cli("models", "--no-params")
-    assert quick.exit_code == 0 and "rec, res, gref, gres, vqa" in quick.stdout and "23.78M" not in quick.stdout
+    assert (
+        quick.exit_code == 0 and "rec, res, gref, gres, vqa" in quick.stdout and "23.78M" not in quick.stdout
+    )
 
 
 def test_models_without_params_builds_nothing(cli, monkeypatch):

@@ -48,13 +48,15 @@ def _resume_dir(resume: bool, run_dir: Path | None, out: Path | None) -> Path | 
 @user_errors
 def train(
     run_dir: Path = typer.Argument(
-        None, metavar="[RUN_DIR]", help="With --resume: the run directory to continue (or use --out)."
+        None, metavar="RUN_DIR", help="With --resume: the run directory to continue (or use --out)."
     ),
     preset: str = typer.Option(
         None, "--preset", "-p", help="Preset name (`langground presets`) or a YAML file."
     ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (must be new or empty)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Run directory (new or empty; with --resume, the run to continue)."
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",

@@ -10,172 +10,41 @@ that receives one picture per image. Nothing ever overwrites an input.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import typer
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from langground.cli._common import console, err_console, user_errors
+
+# The helpers stay importable from here, as before the split (``demo`` and the tests import some).
+from langground.cli._predict_output import _last as _last
+from langground.cli._predict_output import _table, mask_to_rle, render, result_to_json
+from langground.cli._predict_paths import (
+    _file_ids,
+    _is_one_of,
+    _writable_folder,
+    check_output_path,
+    plan_pictures,
+    refuse_overwriting,
+    save_atomically,
+)
 from langground.errors import LanggroundError
 
-
-def check_output_path(out: Path) -> str:
-    """Fail early (before any model work) on an output the picture could not be written to.
-
-    Returns the PIL format name of the output's extension.
-    """
-    fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise LanggroundError(
-            f"{out}: unknown picture format {out.suffix or '(no extension)'!r}: use .png or .jpg"
-        )
-    if out.is_dir():
-        raise LanggroundError(f"{out}: is a directory, expected a picture file name")
-    _writable_folder(out.parent, "output directory")
-    return fmt
-
-
-def _writable_folder(folder: Path, what: str) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise LanggroundError(f"{folder}: is a file, expected an {what}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LanggroundError(f"{folder}: cannot create the {what} ({e.strerror or e})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise LanggroundError(f"{folder}: {what} is not writable")
-
-
-def _file_ids(paths: Sequence[Path]) -> set[tuple[int, int]]:
-    """(device, inode) of each existing path: the identity ``os.path.samefile`` compares."""
-    ids = set()
-    for p in paths:
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        ids.add((st.st_dev, st.st_ino))
-    return ids
-
-
-def _is_one_of(path: Path, ids: set[tuple[int, int]]) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False  # does not exist (yet): it cannot be an input
-    return (st.st_dev, st.st_ino) in ids
-
-
-def refuse_overwriting(path: Path, inputs: set[tuple[int, int]], option: str) -> None:
-    """A one-line error when ``path`` is one of the inputs (same file, whatever the spelling or link)."""
-    if _is_one_of(path, inputs):
-        raise LanggroundError(f"{path}: is an input file: {option} would overwrite it; choose another name")
-
-
-def save_atomically(image: Image.Image, out: Path, fmt: str) -> None:
-    """Write into a temp file next to ``out`` and rename: a failure never leaves a half-written picture."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=out.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def result_to_json(result: Any) -> Any:
-    """Grounder result -> JSON-able: masks as COCO RLE (+ area), attention maps dropped (words kept)."""
-    if isinstance(result, list):
-        return [result_to_json(r) for r in result]
-    out: dict[str, Any] = {}
-    for key, value in result.items():
-        if key == "attention":
-            continue
-        if key == "mask":
-            out[key] = None if value is None else mask_to_rle(np.asarray(value) > 127)
-        else:
-            out[key] = value
-    return out
-
-
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(s) for s in rle["size"]],
-        "counts": rle["counts"].decode("ascii"),
-        "area": int(mask.sum()),
-    }
-
-
-def _table(results: list[dict[str, Any]], shown: list[str], vqa: bool, box_threshold: float) -> Table:
-    table = Table(show_header=True, header_style="bold")
-    if vqa:
-        for col in ("question", "answer", "score"):
-            table.add_column(col)
-        for r, question in zip(results, shown, strict=True):
-            for k, a in enumerate(r["answers"]):
-                table.add_row(question if k == 0 else "", a["answer"], f"{a['score']:.3f}")
-        return table
-    for col in ("expression", "box (xmin, ymin, xmax, ymax)", "score", "no-target", "mask px"):
-        table.add_column(col)
-    for r, text in zip(results, shown, strict=True):
-        box, has_target = r["box"], r.get("has_target")
-        if box is not None:
-            box_s = f"{box['xmin']:.1f}, {box['ymin']:.1f}, {box['xmax']:.1f}, {box['ymax']:.1f}"
-        elif has_target and r["mask"] is None:
-            box_s = f"- (none above {box_threshold:.2f})"
-        else:
-            box_s = "-"
-        score = "-" if r["score"] is None else f"{r['score']:.3f}"
-        nt = "-" if r["no_target"] is None else f"{r['no_target']:.3f}"
-        if has_target is not None:
-            nt += " (target)" if has_target else " (no target)"
-        area = "-" if r["mask"] is None else str(int((np.asarray(r["mask"]) > 127).sum()))
-        table.add_row(text, box_s, score, nt, area)
-    return table
-
-
-def render(
-    grounder: Any,
-    image: Image.Image,
-    results: list[dict[str, Any]],
-    expressions: Sequence[str],
-    explain: bool,
-    stages: int,
-    box_threshold: float,
-) -> Image.Image:
-    """The picture of one image's results (+ the attention rows with ``explain``)."""
-    from langground.inference.visualize import draw_explanation, draw_predictions, stack, with_caption
-
-    shown = [grounder.read_form(e) for e in expressions]
-    if grounder.answers_questions:
-        # Questions have no region: the picture shows the image with the top answer per question.
-        lines = [
-            f"{q} -> {r['answer']} ({r['score']:.2f})" if r["answer"] is not None else q
-            for r, q in zip(results, shown, strict=True)
-        ]
-        picture = with_caption(image, " | ".join(lines) or " ", max(12, image.width // 40))
-    else:
-        picture = draw_predictions(image, results, shown, box_threshold=box_threshold)
-    if explain:
-        blocks = [picture] + [
-            draw_explanation(image, None, q, r["words"], _last(r["attention"], stages))
-            for r, q in zip(results, shown, strict=True)
-        ]
-        picture = stack([[b] for b in blocks])
-    return picture
+__all__ = [
+    "check_output_path",
+    "mask_to_rle",
+    "plan_pictures",
+    "predict",
+    "refuse_overwriting",
+    "render",
+    "result_to_json",
+    "save_atomically",
+]
 
 
 class _WarningPrinter:
@@ -190,22 +59,6 @@ class _WarningPrinter:
             if text not in self.seen:
                 self.seen.add(text)
                 err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
-
-
-def plan_pictures(jobs: Sequence[Any], folder: Path, inputs: set[tuple[int, int]]) -> list[Path]:
-    """``FOLDER/<image stem>.png`` per job; ``-2``, ``-3``... on name clashes and never an input file."""
-    taken: set[str] = set()
-    paths = []
-    for job in jobs:
-        stem, k = job.image.stem, 1
-        while True:
-            name = f"{stem}.png" if k == 1 else f"{stem}-{k}.png"
-            if name not in taken and not _is_one_of(folder / name, inputs):
-                break
-            k += 1
-        taken.add(name)
-        paths.append(folder / name)
-    return paths
 
 
 @user_errors
@@ -403,9 +256,3 @@ def _predict_many(
     where = f" to {results_path}" if results_path is not None else ""
     pics = f", {len(pictures)} pictures in {out}" if out is not None else ""
     err_console.print(f"{sink.count} results for {len(jobs)} images{where}{pics}", highlight=False)
-
-
-def _last(attention: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    """The last ``n`` stages (the model lists them in forward order)."""
-    names = list(attention)
-    return {k: attention[k] for k in names[-n:]}

@@ -11,7 +11,8 @@ A checkpoint is a directory (DESIGN.md)::
                         step, epoch, position in the epoch
 
 It is written into a hidden temp directory next to its final place and renamed, so a reader never sees
-a half-written one. A run directory keeps ``checkpoints/step-NNNNNNNN/`` (the last ``keep_last``) and
+a half-written one; its files and directory then get the modes the umask allows (0644 / 0755 under
+022), not the temp directory's 0700. A run directory keeps ``checkpoints/step-NNNNNNNN/`` (the last ``keep_last``) and
 ``best/`` (best main metric on the validation split).
 """
 

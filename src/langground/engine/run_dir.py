@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langground.config import Config, config_to_dict, save_config
+from langground.config import Config, RunConfig, config_to_dict, save_config
 from langground.engine import checkpoint as ckpt_io
 from langground.engine.evaluate import EvalResult
 from langground.engine.logging import METRICS_FILE, truncate_jsonl
@@ -159,3 +159,31 @@ class RunResult:
 
     def write(self) -> None:
         (self.run_dir / RESULT_FILE).write_text(json.dumps(self.to_json(), indent=1))
+
+
+def check_resumable(run_dir: Path, run: RunConfig, progress: Any, total_steps: int) -> None:
+    """A resumed run must have something left to do: a run that ended (all its steps, or its time budget
+    spent) would train one step and evaluate every split again. One line saying what to raise."""
+    step, seconds = progress.step, progress.train_seconds
+    if step >= total_steps:
+        raise LanggroundError(
+            f"{run_dir}: cannot resume: the run is complete (step {step}/{total_steps}); "
+            f"train longer with --set run.max_steps=N (N > {step}) or a larger run.epochs"
+        )
+    if run.max_minutes is not None and seconds >= 60 * run.max_minutes:
+        raise LanggroundError(
+            f"{run_dir}: cannot resume: the run stopped on its time limit (run.max_minutes="
+            f"{run.max_minutes:g}: {seconds / 60:.1f} min trained, step {step}/{total_steps}); "
+            f"continue with --set run.max_minutes=M (M > {seconds / 60:.1f}) or run.max_minutes=null"
+        )
+
+
+def budget_note(run: RunConfig, progress: Any) -> str:
+    """``; time budget ...`` of a resumed run with ``run.max_minutes`` (what is left of it)."""
+    if run.max_minutes is None:
+        return ""
+    trained = progress.train_seconds / 60
+    return (
+        f"; time budget run.max_minutes={run.max_minutes:g}: {trained:.1f} min trained, "
+        f"{run.max_minutes - trained:.1f} min left"
+    )

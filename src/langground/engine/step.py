@@ -20,6 +20,22 @@ if TYPE_CHECKING:
     from langground.engine.trainer import Trainer
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the run stopped before applying that step."""
+
+
+def raise_diverged(logger: Any, step: int, last_checkpoint: Any, values: dict[str, float], what: str) -> None:
+    """Log the failed step ``step`` and raise :class:`TrainingDiverged` saying where the last good state is."""
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if not (k == "lr" or k.startswith("lr/")))
+    where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+    message = (
+        f"step {step}: {what}{f' ({terms})' if terms else ''}; training stopped before this "
+        f"step, {where}. Try a lower optim.lr, run.clip_grad_norm, or run.amp=none"
+    )
+    logger.log("error", step, dict(values), message=message)
+    raise TrainingDiverged(message)
+
+
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """``lr`` of group 0 and, with several named groups (``optim.groups``), ``lr/<name>`` of each; the
     ``<name>/no_decay`` half of a group shares its lr and is not repeated."""

@@ -43,8 +43,9 @@ from langground.engine.run_dir import (
     check_resume_config,
     prepare_run_dir,
 )
+from langground.engine.step import TrainingDiverged
 from langground.engine.train_state import capture_rng, restore_rng, seed_everything
-from langground.engine.trainer import Trainer, TrainingDiverged
+from langground.engine.trainer import Trainer
 from langground.errors import LanggroundError
 
 __all__ = [

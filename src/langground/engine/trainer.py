@@ -36,8 +36,15 @@ from langground.engine.ema import ModelEma
 from langground.engine.evaluate import EvalResult
 from langground.engine.logging import RunLogger, TrainProgress
 from langground.engine.optim import build_optimizer, build_scheduler
-from langground.engine.run_dir import RunResult, check_resume_config, prepare_run_dir, write_run_files
-from langground.engine.step import OptimiserStep
+from langground.engine.run_dir import (
+    RunResult,
+    budget_note,
+    check_resumable,
+    check_resume_config,
+    prepare_run_dir,
+    write_run_files,
+)
+from langground.engine.step import OptimiserStep, raise_diverged
 from langground.engine.train_state import (
     Progress,
     TrainState,
@@ -48,14 +55,6 @@ from langground.engine.train_state import (
 from langground.errors import CheckpointError, LanggroundError
 from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the run stopped before applying that step."""
-
-
-def _is_lr(key: str) -> bool:
-    return key == "lr" or key.startswith("lr/")
 
 
 class Trainer:
@@ -205,7 +204,8 @@ class Trainer:
             latest = ckpt_io.latest_checkpoint(self.run_dir)
             assert latest is not None  # prepare_run_dir checked
             self.state.load(latest)
-            self._check_resumable()  # before anything in the run directory changes
+            # before anything in the run directory changes
+            check_resumable(self.run_dir, self.config.run, self.progress, self.total_steps)
         self.validation, self.checkpointing = Validation(), Checkpointing()
         self.optimiser_step = OptimiserStep()
         self._epoch: int | None = None  # the epoch the model's on_epoch_start was last called for
@@ -220,38 +220,10 @@ class Trainer:
             name = self.progress.last_checkpoint.name  # type: ignore[union-attr]
             self.logger.print(
                 f"resuming {self.run_dir} from step {self.progress.step}/{self.total_steps} ({name})"
-                f"{self._budget_note()}",
+                f"{budget_note(self.config.run, self.progress)}",
                 highlight=False,
                 soft_wrap=True,
             )
-
-    def _check_resumable(self) -> None:
-        """A resumed run must have something left to do: a run that ended (all its steps, or its time
-        budget spent) would train one step and evaluate every split again. One line saying what to raise."""
-        run, p = self.config.run, self.progress
-        if p.step >= self.total_steps:
-            raise LanggroundError(
-                f"{self.run_dir}: cannot resume: the run is complete (step {p.step}/{self.total_steps}); "
-                f"train longer with --set run.max_steps=N (N > {p.step}) or a larger run.epochs"
-            )
-        if run.max_minutes is not None and p.train_seconds >= 60 * run.max_minutes:
-            raise LanggroundError(
-                f"{self.run_dir}: cannot resume: the run stopped on its time limit (run.max_minutes="
-                f"{run.max_minutes:g}: {p.train_seconds / 60:.1f} min trained, step {p.step}/{self.total_steps}); "
-                f"continue with --set run.max_minutes=M (M > {p.train_seconds / 60:.1f}) or "
-                "run.max_minutes=null"
-            )
-
-    def _budget_note(self) -> str:
-        """``; time budget ...`` of a resumed run with ``run.max_minutes`` (what is left of it)."""
-        run, p = self.config.run, self.progress
-        if run.max_minutes is None:
-            return ""
-        left = run.max_minutes - p.train_seconds / 60
-        return (
-            f"; time budget run.max_minutes={run.max_minutes:g}: {p.train_seconds / 60:.1f} min trained, "
-            f"{left:.1f} min left"
-        )
 
     # ---------------------------------------------------------------- the run's position and weights
 
@@ -294,16 +266,7 @@ class Trainer:
 
     def diverged(self, values: dict[str, float], what: str) -> None:
         """Log and raise :class:`TrainingDiverged` for step ``step + 1`` (nothing of it applied)."""
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if not _is_lr(k))
-        last = self.progress.last_checkpoint
-        where = f"last good checkpoint: {last}" if last else "no checkpoint yet"
-        step = self.progress.step + 1
-        message = (
-            f"step {step}: {what}{f' ({terms})' if terms else ''}; training stopped before this "
-            f"step, {where}. Try a lower optim.lr, run.clip_grad_norm, or run.amp=none"
-        )
-        self.logger.log("error", step, dict(values), message=message)
-        raise TrainingDiverged(message)
+        raise_diverged(self.logger, self.progress.step + 1, self.progress.last_checkpoint, values, what)
 
     def _save_after_interrupt(self, stop: StopRequest) -> bool:
         """After a KeyboardInterrupt that bypassed ``stop``: checkpoint the last completed step, when

@@ -10,54 +10,35 @@ Results are in ORIGINAL image pixels and shaped like Hugging Face pipeline outpu
 and letterboxed once, however many expressions it comes with; all (image, expression) pairs run through
 the model in batches. Words outside the vocabulary are read as ``<unk>``: each result lists them
 (``unknown_words``) and :meth:`Grounder.predict` warns once per call (:class:`UnknownWordsWarning`).
+
+Result shaping lives in :mod:`~langground.inference.results`, threshold overrides in
+:mod:`~langground.inference.thresholds`, the unknown-word warning in
+:mod:`~langground.inference.unknown_words`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
 from langground.errors import LanggroundError
-from langground.inference.images import (
-    ImageInput,
-    UnknownWordsWarning,
-    check_expressions,
-    load_image,
-    read_form,
-)
-from langground.postprocess import PostprocessConfig, postprocess, unletterbox_map
+from langground.inference.images import ImageInput, check_expressions, load_image, read_form
+from langground.inference.results import GroundingOutput, attention_maps, shape_result, top_answers
+from langground.inference.thresholds import override_thresholds
+from langground.inference.unknown_words import unknown_words, warn_unknown
+from langground.postprocess import PostprocessConfig, postprocess
 from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
-from langground.types import Prediction
+
+__all__ = ["SYNTHETIC_DATASET", "Grounder", "GroundingOutput", "resolve_device"]
 
 #: ``config.data.dataset`` of checkpoints trained on the synthetic world (its words and rendered scenes only)
 SYNTHETIC_DATASET = "synth"
-
-
-@dataclass
-class GroundingOutput:
-    """Everything one (image, expression) pair produced, before it is shaped into a result dict.
-
-    Attributes:
-        prediction: boxes / mask / no-target / answer in original pixels.
-        answers: VQA top-k ``[(answer, probability)]``, best first (empty for grounding models).
-        words: the tokens the model read (after truncation).
-        attention: ``{stage: (len(words), H, W)}`` cross-modal attention in original pixels (explain only).
-    """
-
-    prediction: Prediction
-    answers: list[tuple[str, float]] = field(default_factory=list)
-    words: list[str] = field(default_factory=list)
-    attention: dict[str, np.ndarray] | None = None
 
 
 def resolve_device(device: str | torch.device | None, option: str = "device") -> torch.device:
@@ -210,7 +191,8 @@ class Grounder:
         check_expressions([t for ts in texts for t in ts], self.max_text_length, stacklevel=3)
         pil = [load_image(im) for im in images]
         outputs = self.ground(pil, texts, explain=explain, top_k=top_k, checked=True, config=config)
-        self._warn_unknown([o for outs in outputs for o in outs], stacklevel=3)
+        words_read = [o.words for outs in outputs for o in outs]
+        warn_unknown(words_read, self.vocab, synthetic_only=self.synthetic_only, stacklevel=3)
         shaped = [
             [self._shape(o, text, explain, config) for o, text in zip(outs, ts, strict=True)]
             for outs, ts in zip(outputs, texts, strict=True)
@@ -227,25 +209,12 @@ class Grounder:
             LanggroundError: a value outside [0, 1], or a threshold the task does not use (a box-set
                 threshold for a one-box model, a no-target threshold for a model without that head).
         """
-        heads = self.spec.heads
-        changes: dict[str, float] = {}
-        for label, value, key, applies, what in (
-            ("box threshold", box_threshold, "box_set_threshold", {"box", "no_target"} <= heads,
-             "a set of boxes (generalized REC)"),
-            ("no-target threshold", no_target_threshold, "no_target_threshold", "no_target" in heads,
-             "a no-target probability (generalized REC / RES)"),
-        ):  # fmt: skip
-            if value is None:
-                continue
-            if not 0.0 <= float(value) <= 1.0:
-                raise LanggroundError(f"{label} {value}: expected a probability in [0, 1]")
-            if not applies:
-                raise LanggroundError(
-                    f"{label} {value}: applies to models that predict {what}; this checkpoint's task "
-                    f"{self.spec.name!r} does not"
-                )
-            changes[key] = float(value)
-        return dataclasses.replace(self.postprocess_config, **changes)
+        return override_thresholds(
+            self.postprocess_config,
+            self.spec,
+            box_threshold=box_threshold,
+            no_target_threshold=no_target_threshold,
+        )
 
     def read_form(self, expression: str) -> str:
         """What the model reads of ``expression``: itself, or its first words + an ellipsis when longer."""
@@ -318,102 +287,25 @@ class Grounder:
         )
         answers: list[list[tuple[str, float]]] = [[] for _ in chunk]
         if "pred_answer" in raw:
-            probs = raw["pred_answer"].float().softmax(dim=-1).cpu()
-            values, ids = probs.topk(min(max(1, top_k), probs.shape[-1]), dim=-1)
-            names = self.answers
-            answers = [
-                [
-                    (names[j] if names else str(j), float(v))
-                    for v, j in zip(vs.tolist(), js.tolist(), strict=True)
-                ]
-                for vs, js in zip(values, ids, strict=True)
-            ]
-        attention = self._attention(raw, text.tokens, tfs, szs) if explain else [None] * len(chunk)
+            answers = top_answers(raw["pred_answer"], self.answers, top_k)
+        attention: list[Any] = [None] * len(chunk)
+        if explain:
+            name = type(self.model).__name__
+            attention = attention_maps(raw, text.tokens, tfs, szs, self.input_size, name)
         return [
             GroundingOutput(pred, ans, list(words), att)
             for pred, ans, words, att in zip(preds, answers, text.tokens, attention, strict=True)
         ]
 
-    def _attention(
-        self,
-        raw: dict[str, Any],
-        tokens: list[list[str]],
-        transforms: list[tuple[float, float, float]],
-        sizes: list[tuple[int, int]],
-    ) -> list[dict[str, np.ndarray]]:
-        maps = (raw.get("aux") or {}).get("attention")
-        if not maps:
-            name = type(self.model).__name__
-            raise LanggroundError(
-                f"model {name} returns no cross-modal attention (outputs['aux']['attention']): explain needs "
-                "a model that exposes it, such as LaConvNet"
-            )
-        out: list[dict[str, np.ndarray]] = []
-        for b, words in enumerate(tokens):
-            per_stage = {}
-            for stage, att in maps.items():
-                # (L, h, w) on the canvas -> (n_words, H, W) on the original image.
-                a = att[b, : len(words)].float().cpu()
-                per_stage[str(stage)] = unletterbox_map(a, transforms[b], sizes[b], self.input_size).numpy()
-            out.append(per_stage)
-        return out
-
-    def _unknown(self, words: Sequence[str]) -> list[str]:
-        return list(dict.fromkeys(w for w in words if w not in self.vocab))
-
-    def _warn_unknown(self, outputs: Sequence[GroundingOutput], stacklevel: int) -> None:
-        """One warning per call: the words read as ``<unk>``, their share of all words read."""
-        words = [w for o in outputs for w in o.words]
-        unknown = [w for w in words if w not in self.vocab]
-        if not unknown:
-            return
-        distinct = self._unknown(unknown)
-        shown = ", ".join(repr(w) for w in distinct[:8]) + (
-            f" and {len(distinct) - 8} more" if len(distinct) > 8 else ""
+    def _shape(
+        self, o: GroundingOutput, expression: str, explain: bool, config: PostprocessConfig
+    ) -> dict[str, Any]:
+        return shape_result(
+            o,
+            expression,
+            answers_questions=self.answers_questions,
+            heads=self.spec.heads,
+            no_target_threshold=config.no_target_threshold,
+            unknown_words=unknown_words(o.words, self.vocab),
+            explain=explain,
         )
-        message = (
-            f"{len(unknown)} of {len(words)} words ({len(unknown) / len(words):.0%}) are not in the model's "
-            f"{len(self.vocab)}-word vocabulary and were read as <unk>: {shown}; the scores do not account "
-            "for them"
-        )
-        if self.synthetic_only:
-            message += (
-                "; this checkpoint was trained on the synthetic world only (config data.dataset='synth'): "
-                "it knows that world's words and rendered scenes, not real photos"
-            )
-        warnings.warn(message, UnknownWordsWarning, stacklevel=stacklevel)
-
-    def _shape(self, o: GroundingOutput, expression: str, explain: bool, config: PostprocessConfig) -> Any:
-        p = o.prediction
-        result: dict[str, Any]
-        if self.answers_questions:
-            answers = [{"answer": a, "score": s} for a, s in o.answers]
-            result = {
-                "expression": expression,  # the question: the same key as every task's results
-                "answer": answers[0]["answer"] if answers else None,
-                "score": answers[0]["score"] if answers else None,
-                "answers": answers,  # top-k, best first
-            }
-        else:
-            boxes = [{"box": _box_dict(b), "score": float(s)} for b, s in zip(p.boxes, p.scores, strict=True)]
-            decides = "no_target" in self.spec.heads and p.no_target is not None
-            result = {
-                "box": boxes[0]["box"] if boxes else None,
-                "score": boxes[0]["score"] if boxes else None,
-                "mask": None if p.mask is None else Image.fromarray(p.mask.astype(np.uint8) * 255),
-                "no_target": p.no_target,
-                # the decision the thresholds took, next to the probability it was taken on
-                "has_target": bool(p.no_target < config.no_target_threshold) if decides else None,
-                "expression": expression,
-                "boxes": boxes,  # every box, best first (several for generalized REC, none for no target)
-            }
-        result["unknown_words"] = self._unknown(o.words)
-        if explain:
-            result["words"] = o.words
-            result["attention"] = o.attention
-        return result
-
-
-def _box_dict(box: np.ndarray) -> dict[str, float]:
-    x0, y0, x1, y1 = (round(float(v), 2) for v in box)
-    return {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}

@@ -52,6 +52,26 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+def _conv_from(like: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
+    """A Conv2d with ``like``'s geometry holding ``weight`` / ``bias`` (built on the meta device: no
+    throw-away random init of a large weight)."""
+    out_c, in_c = weight.shape[:2]
+    conv = nn.Conv2d(
+        in_c,
+        out_c,
+        like.kernel_size,
+        like.stride,
+        like.padding,
+        like.dilation,
+        bias=bias is not None,
+        device="meta",
+    )
+    conv.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if bias is not None:
+        conv.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+    return conv
+
+
 class SlicedBottleneck(nn.Module):
     """The open bottleneck of one pattern with only the ``keep`` filters of conv2 (BN2 folded: exact
     in eval mode). conv1/BN1 and BN3 are the supernet's modules; conv2/conv3 hold the sliced weights."""
@@ -65,21 +85,16 @@ class SlicedBottleneck(nn.Module):
         self.kept = int(keep_t.numel())
         with torch.no_grad():
             scale, shift = _bn_affine(block.bn2)
-            c2 = block.conv2
+            c2, c3 = block.conv2, block.conv3
             self.conv2: nn.Module | None = None
             self.conv3: nn.Module | None = None
             if self.kept:
-                self.conv2 = nn.Conv2d(
-                    c2.in_channels, self.kept, c2.kernel_size, c2.stride, c2.padding, c2.dilation, bias=True
-                ).to(c2.weight)
-                self.conv2.weight.copy_(c2.weight[keep_t] * scale[keep_t, None, None, None])
-                bias = shift[keep_t] if c2.bias is None else c2.bias[keep_t] * scale[keep_t] + shift[keep_t]
-                self.conv2.bias.copy_(bias)
-                c3 = block.conv3
-                self.conv3 = nn.Conv2d(self.kept, c3.out_channels, 1, bias=c3.bias is not None).to(c3.weight)
-                self.conv3.weight.copy_(c3.weight[:, keep_t])
-                if c3.bias is not None:
-                    self.conv3.bias.copy_(c3.bias)
+                w2 = c2.weight[keep_t] * scale[keep_t, None, None, None]
+                b2 = shift[keep_t] if c2.bias is None else c2.bias[keep_t] * scale[keep_t] + shift[keep_t]
+                self.conv2 = _conv_from(c2, w2, b2)
+                self.conv3 = _conv_from(
+                    c3, c3.weight[:, keep_t], None if c3.bias is None else c3.bias.clone()
+                )
             # every filter closed: conv3 sees zeros, the branch is BN3's constant (plus conv3's bias)
             zero = torch.zeros(block.conv3.out_channels, device=c2.weight.device, dtype=c2.weight.dtype)
             const = zero if block.conv3.bias is None else block.conv3.bias.detach().clone()
