@@ -96,7 +96,7 @@ def test_every_parameter_receives_a_gradient(name):
         if task in ("gref", "gres"):
             targets.no_target[1] = True
             targets.boxes[1] = torch.zeros(0, 4)
-        losses = build_criterion(task)(model.train()(images, text), targets)
+        losses = build_criterion(task, model)(model.train()(images, text), targets)
         assert torch.isfinite(losses["loss"])
         losses["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -230,7 +230,7 @@ def test_tiny_model_overfits_eight_synthetic_samples(task):
     absent = (6, 7) if task in ("gref", "gres") else ()
     images, text, targets = synthetic_samples(absent=absent)
     model = create_model("laconvnet_t", task=task, vocab_size=len(WORDS), input_size=64, num_answers=4)
-    criterion = build_criterion(task)
+    criterion = build_criterion(task, model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     first = None
     for _ in range(STEPS[task]):

@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from langground._files import chmod_default
 from langground.errors import LanggroundError
 
 
@@ -73,7 +74,7 @@ def save_atomically(image: Image.Image, out: Path, fmt: str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format=fmt)
-        os.chmod(tmp, 0o644)
+        chmod_default(tmp, directory=False)  # as open() would: the umask decides
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

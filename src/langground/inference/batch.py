@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from PIL import Image
 
+from langground._files import chmod_default
 from langground.errors import LanggroundError
 from langground.text.tokenizer import tokenize
 
@@ -204,7 +205,7 @@ class JsonLinesWriter:
             return
         self._file.close()
         if exc_type is None:
-            os.chmod(self._tmp, 0o644)
+            chmod_default(self._tmp, directory=False)  # as open() would: the umask decides
             os.replace(self._tmp, self.path)
         else:
             Path(self._tmp).unlink(missing_ok=True)

@@ -35,9 +35,6 @@ class Gates:
     layer_prob: Tensor | None = None
     filter_prob: Tensor | None = None
 
-    def rows(self, index: Tensor) -> Gates:
-        return Gates(self.layer[index], self.filter[index])
-
 
 def logistic_noise(like: Tensor) -> Tensor:
     """``Logistic(0, 1)`` noise (the difference of two i.i.d. Gumbel noises), Eq. 4's epsilon."""
