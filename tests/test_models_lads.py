@@ -293,3 +293,17 @@ def test_extracted_subnet_exports_like_any_network():
     program = torch.export.export(sub, (images,))
     with torch.no_grad():
         assert (program.module()(images) - sub(images)).abs().max() <= 1e-5
+
+
+def test_expressions_sharing_images_route_exactly():
+    m = _model()
+    images = torch.randn(2, 3, SIZE, SIZE)
+    base = _text(4, seed=11)
+    text = TextBatch(base.token_ids, base.attention_mask, image_index=torch.tensor([1, 0, 1, 1]))
+    gates = _random_gates(m, 4, seed=12)
+    gates.layer[3], gates.filter[3] = gates.layer[0], gates.filter[0]  # rows 0 and 3: same pattern
+    with torch.no_grad():
+        skipped = m.forward_with_gates(images, text, gates)["pred_boxes"]
+        masked = _masked(m, images, text, gates)
+        per_row = _masked(m, images[[1, 0, 1, 1]], base, gates)
+    assert (skipped - masked).abs().max() <= 1e-5 and (masked - per_row).abs().max() <= 1e-6
