@@ -30,6 +30,16 @@ def _with_mask(
     return pred, prob
 
 
+def _one_region(out: Mapping[str, Any], i: int, frame: Frame, ctx: D.DecodeContext) -> Prediction:
+    """REC / RES: the box head's box, else (a mask-only model) the predicted mask's bounding box."""
+    pred, prob = _with_mask(out, i, frame, ctx)
+    if "pred_boxes" in out:
+        pred.boxes, pred.scores = D.decode_box(out["pred_boxes"][i], D.box_score(out, i), frame)
+    elif pred.mask is not None and prob is not None:
+        pred.boxes, pred.scores = D.mask_box(pred.mask, prob)
+    return pred
+
+
 @register_task
 class REC(Task):
     """Referring expression comprehension: one box per expression (RefCOCO/+/g, ReferIt, Flickr30k)."""
@@ -47,10 +57,7 @@ class REC(Task):
         return terms.box_terms(outputs, targets, options["center_radius"], options["objectness"])
 
     def predict(self, outputs: Mapping[str, Any], i: int, frame: Frame, ctx: D.DecodeContext) -> Prediction:
-        pred, _ = _with_mask(outputs, i, frame, ctx)
-        if "pred_boxes" in outputs:
-            pred.boxes, pred.scores = D.decode_box(outputs["pred_boxes"][i], D.box_score(outputs, i), frame)
-        return pred
+        return _one_region(outputs, i, frame, ctx)
 
 
 @register_task
@@ -70,12 +77,7 @@ class RES(Task):
         return terms.mask_terms(outputs, targets, self.name)
 
     def predict(self, outputs: Mapping[str, Any], i: int, frame: Frame, ctx: D.DecodeContext) -> Prediction:
-        pred, prob = _with_mask(outputs, i, frame, ctx)
-        if "pred_boxes" in outputs:
-            pred.boxes, pred.scores = D.decode_box(outputs["pred_boxes"][i], D.box_score(outputs, i), frame)
-        elif pred.mask is not None and prob is not None:
-            pred.boxes, pred.scores = D.mask_box(pred.mask, prob)
-        return pred
+        return _one_region(outputs, i, frame, ctx)
 
 
 @register_task
