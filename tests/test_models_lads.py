@@ -213,6 +213,24 @@ def test_extract_subnet_with_the_gating_networks_own_gates():
         )
 
 
+def test_zero_padded_filter_widths_are_exact():
+    m = _model()
+    images, text = torch.randn(2, 3, SIZE, SIZE), _text(2, seed=3)
+    gates = _random_gates(m, 2, seed=3, p_layer=1.0)
+    out = {}
+    with torch.no_grad():
+        for multiple in (1, 16):
+            m.filter_multiple = multiple
+            out[multiple] = m.forward_with_gates(images, text, gates)["pred_boxes"]
+            net = m.build_subnet(gates.layer[0], gates.filter[0])
+            sliced = [b for b in net.modules() if isinstance(b, SlicedBottleneck) and b.conv2 is not None]
+            widths = [(b.kept, b.conv2.out_channels, b.conv3.in_channels) for b in sliced]
+            # a multiple of ``multiple``, or the full width when rounding up would pass it
+            assert all(w == c3 and k <= w < k + multiple for k, w, c3 in widths)
+    assert any(k < w for k, w, _ in widths)  # some widths really were padded (with zero filters)
+    assert (out[1] - out[16]).abs().max() <= 1e-6
+
+
 def test_the_subnet_computes_less():
     m = _model()
     images, text = torch.randn(1, 3, SIZE, SIZE), _text(1)

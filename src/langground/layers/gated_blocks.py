@@ -52,62 +52,143 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+_GEOMETRY = (
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "transposed",
+    "output_padding",
+    "groups",
+    "padding_mode",
+    "_reversed_padding_repeated_twice",
+)
+
+
 def _conv_from(like: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
-    """A Conv2d with ``like``'s geometry holding ``weight`` / ``bias`` (built on the meta device: no
-    throw-away random init of a large weight)."""
-    out_c, in_c = weight.shape[:2]
-    conv = nn.Conv2d(
-        in_c,
-        out_c,
-        like.kernel_size,
-        like.stride,
-        like.padding,
-        like.dilation,
-        bias=bias is not None,
-        device="meta",
-    )
+    """A Conv2d with ``like``'s geometry holding ``weight`` / ``bias``. Built without ``Conv2d.__init__``
+    (no throw-away init of a weight, ~10x less Python per conv: subnets are built per expression)."""
+    conv = nn.Conv2d.__new__(nn.Conv2d)
+    nn.Module.__init__(conv)
+    for name in _GEOMETRY:
+        object.__setattr__(conv, name, getattr(like, name))
+    conv.out_channels, conv.in_channels = weight.shape[0], weight.shape[1] * like.groups
     conv.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
-    if bias is not None:
-        conv.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+    conv.bias = None if bias is None else nn.Parameter(bias.contiguous(), requires_grad=False)
     return conv
 
 
-class SlicedBottleneck(nn.Module):
-    """The open bottleneck of one pattern with only the ``keep`` filters of conv2 (BN2 folded: exact
-    in eval mode). conv1/BN1 and BN3 are the supernet's modules; conv2/conv3 hold the sliced weights."""
+def fold_conv_bn(
+    conv: nn.Conv2d, bn: nn.BatchNorm2d, out_idx: Tensor | None = None, in_idx: Tensor | None = None
+) -> nn.Conv2d:
+    """``bn(conv(x))`` in eval mode as ONE conv with its own weights (exact up to rounding), keeping only
+    the output filters ``out_idx`` / input channels ``in_idx`` when given."""
+    with torch.no_grad():
+        scale, shift = _bn_affine(bn)
+        w, b = conv.weight, conv.bias
+        if out_idx is not None:
+            w, scale, shift = w[out_idx], scale[out_idx], shift[out_idx]
+            b = None if b is None else b[out_idx]
+        if in_idx is not None:
+            w = w[:, in_idx]
+        w = w * scale[:, None, None, None]
+        return _conv_from(conv, w, shift if b is None else b * scale + shift)
 
-    def __init__(self, block: nn.Module, keep: Sequence[int]):
+
+def _plain_ok(block: nn.Module) -> bool:
+    down = getattr(block, "downsample", None)
+    return (
+        all(hasattr(block, n) for n in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"))
+        and all(isinstance(getattr(block, n, None), nn.Identity | None) for n in ("aa", "se", "drop_block"))
+        and isinstance(getattr(block, "drop_path", None), nn.Identity | None)
+        and all(isinstance(getattr(block, n), nn.Conv2d) for n in ("conv1", "conv2", "conv3"))
+        and (
+            down is None
+            or (
+                isinstance(down, nn.Sequential)
+                and len(down) == 2
+                and isinstance(down[0], nn.Conv2d)
+                and isinstance(down[1], nn.BatchNorm2d)
+            )
+        )
+    )
+
+
+class FoldedBottleneck(nn.Module):
+    """An eval-mode bottleneck (any stride, projection shortcut or not) with every BatchNorm folded into
+    its conv: the same function, no BatchNorm pass over the feature maps."""
+
+    def __init__(self, block: nn.Module):
         super().__init__()
-        keep_t = torch.as_tensor(list(keep), dtype=torch.long, device=block.conv2.weight.device)
-        self.conv1, self.bn1, self.act1 = block.conv1, block.bn1, _act(block, "act1")
-        self.bn3, self.act3 = block.bn3, _act(block, "act3")
-        self.act2 = _act(block, "act2")
-        self.kept = int(keep_t.numel())
+        self.conv1 = fold_conv_bn(block.conv1, block.bn1)
+        self.conv2 = fold_conv_bn(block.conv2, block.bn2)
+        self.conv3 = fold_conv_bn(block.conv3, block.bn3)
+        self.act1, self.act2, self.act3 = _act(block, "act1"), _act(block, "act2"), _act(block, "act3")
+        down = getattr(block, "downsample", None)
+        self.downsample = None if down is None else fold_conv_bn(down[0], down[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        sc = x if self.downsample is None else self.downsample(x)
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(self.conv3(y) + sc)
+
+
+def fold_block(block: nn.Module) -> nn.Module:
+    """:class:`FoldedBottleneck` of a plain (timm / torchvision) bottleneck; any other block as it is."""
+    return FoldedBottleneck(block) if _plain_ok(block) else block
+
+
+def fold_gated(block: nn.Module) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+    """The three convs of a gated bottleneck with BN1-3 folded in, unsliced, conv2 with one extra ZERO
+    output filter and conv3 with one extra ZERO input channel (index ``C``, the padding source): every
+    pattern's :class:`SlicedBottleneck` shares conv1 and slices conv2 / conv3 from these."""
+    c1, c2, c3 = (fold_conv_bn(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in (1, 2, 3))
+    with torch.no_grad():
+        w2, b2, w3 = c2.weight, c2.bias, c3.weight
+        c2 = _conv_from(c2, torch.cat([w2, w2.new_zeros(1, *w2.shape[1:])]), torch.cat([b2, b2.new_zeros(1)]))
+        c3 = _conv_from(c3, torch.cat([w3, w3.new_zeros(w3.shape[0], 1, *w3.shape[2:])], 1), c3.bias)
+    return c1, c2, c3
+
+
+class SlicedBottleneck(nn.Module):
+    """The open bottleneck of one pattern with only the ``keep`` filters of conv2, every BatchNorm folded
+    (exact in eval mode): conv2 keeps the ``keep`` outputs, conv3 the ``keep`` inputs. ``folded`` (from
+    :func:`fold_gated`, shared by every pattern) is computed here when not given.
+
+    ``multiple > 1`` rounds the kept width up to a multiple (at most the full width) with ZERO filters:
+    a zero conv2 filter with zero bias outputs 0, and its conv3 input weights are 0, so the result is the
+    same; the point is that widths repeat across expressions, so oneDNN reuses its compiled convolution
+    kernels (a new width costs a kernel build on its first call, ~1 ms per conv on CPU)."""
+
+    def __init__(self, block: nn.Module, keep: Sequence[int], folded: tuple | None = None, multiple: int = 1):
+        super().__init__()
+        c1, c2, c3 = folded if folded is not None else fold_gated(block)
+        full = block.conv2.out_channels  # c2 / c3 hold one more, zero, channel at index ``full``
+        keep = list(keep)
+        self.kept = len(keep)
+        width = min(full, -(-self.kept // multiple) * multiple) if self.kept else 0
+        keep_t = torch.as_tensor(
+            keep + [full] * (width - self.kept), dtype=torch.long, device=c2.weight.device
+        )
+        self.conv1 = c1
+        self.act1, self.act2, self.act3 = _act(block, "act1"), _act(block, "act2"), _act(block, "act3")
+        self.conv2: nn.Module | None = None
+        self.conv3: nn.Module | None = None
         with torch.no_grad():
-            scale, shift = _bn_affine(block.bn2)
-            c2, c3 = block.conv2, block.conv3
-            self.conv2: nn.Module | None = None
-            self.conv3: nn.Module | None = None
             if self.kept:
-                w2 = c2.weight[keep_t] * scale[keep_t, None, None, None]
-                b2 = shift[keep_t] if c2.bias is None else c2.bias[keep_t] * scale[keep_t] + shift[keep_t]
-                self.conv2 = _conv_from(c2, w2, b2)
-                self.conv3 = _conv_from(
-                    c3, c3.weight[:, keep_t], None if c3.bias is None else c3.bias.clone()
+                # index_select: 3-5x faster than advanced indexing on these weights (CPU)
+                self.conv2 = _conv_from(
+                    c2, c2.weight.index_select(0, keep_t), c2.bias.index_select(0, keep_t)
                 )
-            # every filter closed: conv3 sees zeros, the branch is BN3's constant (plus conv3's bias)
-            zero = torch.zeros(block.conv3.out_channels, device=c2.weight.device, dtype=c2.weight.dtype)
-            const = zero if block.conv3.bias is None else block.conv3.bias.detach().clone()
-            self.register_buffer("empty_branch", const, persistent=False)
+                self.conv3 = _conv_from(c3, c3.weight.index_select(1, keep_t), c3.bias.clone())
+            # every filter closed: conv3 sees zeros, the branch is its folded bias
+            self.register_buffer("empty_branch", c3.bias.detach().clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv2 is None or self.conv3 is None:
-            b3 = self.bn3
-            scale, shift = _bn_affine(b3)
-            return self.act3(x + (self.empty_branch * scale + shift)[None, :, None, None])
-        y = self.act1(self.bn1(self.conv1(x)))
-        y = self.bn3(self.conv3(self.act2(self.conv2(y))))
-        return self.act3(y + x)
+            return self.act3(x + self.empty_branch[None, :, None, None].to(x.dtype))
+        y = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.act3(self.conv3(y) + x)
 
 
 class FusionLayer(nn.Module):
@@ -158,9 +239,13 @@ class StaticFusionLayer(nn.Module):
 
 
 __all__ = [
+    "FoldedBottleneck",
     "FusionLayer",
     "SlicedBottleneck",
     "StaticFusionLayer",
     "bottleneck_masked",
+    "fold_block",
+    "fold_conv_bn",
+    "fold_gated",
     "is_gateable",
 ]
