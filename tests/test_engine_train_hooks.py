@@ -4,47 +4,29 @@ and training items that are not records (``builders.item_lengths``, ``len(datase
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 from torch import nn
 
 import langground.engine.trainer as trainer_module
-from langground.config import load_preset
-from langground.data.synthetic import SynthConfig, generate_world
+import test_engine_train as engine_train_tests
 from langground.engine import builders
 from langground.engine import checkpoint as ckpt_io
-from langground.engine.logging import read_jsonl
 from langground.engine.train import Trainer, TrainHooks, train
-from tiny_config import TINY_MODEL, TINY_RUN
 
-TINY = [*TINY_MODEL, *TINY_RUN, "data.train_limit=12"]  # 3 steps per epoch
-# 7 steps over 3 epochs, dropout on, checkpoints at 2, 4, 6, 7, validation at 3, 6, 7
-RESUME = ["run.max_steps=7", "run.save_steps=2", "run.keep_last=2", "run.eval_steps=3"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world") / "synth"
-    return generate_world(root, SynthConfig(images=24, size=(96, 72), seed=0), workers=1)
-
-
-def tiny(world: Path, *extra: str):
-    return load_preset("synth-laconvnet-t-rec", [f"data.root={world}", *TINY, *extra])
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
-
-
-def lines(run_dir: Path, kind: str = "train") -> list[dict]:
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == kind]
-    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "seconds")} for r in rows]
+# The run settings, the tiny world and the log reader of the training tests (one definition of each).
+world = engine_train_tests.world  # a module-scoped fixture, shared by assignment
+RESUME, TINY, quiet, tiny, lines = (
+    engine_train_tests.RESUME,
+    engine_train_tests.TINY,
+    engine_train_tests.quiet,
+    engine_train_tests.tiny,
+    engine_train_tests.train_lines,
+)
 
 
 def sigint_at(step: int) -> TrainHooks:

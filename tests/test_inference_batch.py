@@ -9,23 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from langground.cli import _mount, app
+import test_inference_cli as predict_cli_tests
 from langground.inference.batch import Job, JsonLinesWriter, chunks
-from test_inference_cli import make_checkpoint
 
-
-@pytest.fixture(scope="module")
-def cli():
-    _mount()
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "rec")
+# The CLI runner and the tiny trained checkpoint of the predict tests (module-scoped fixtures, shared).
+cli, ckpt = predict_cli_tests.cli, predict_cli_tests.ckpt
 
 
 @pytest.fixture()
