@@ -31,6 +31,15 @@ from langground.types import Targets
 _LAYER_SUFFIX = re.compile(r"^(.+)_(\d+)$")
 
 
+def _weight_key(name: str, weights: Mapping[str, float]) -> str | None:
+    """The key of ``weights`` that weighs term ``name``: itself, else the base of a per-layer
+    ``<base>_<j>``; ``None`` when neither is there."""
+    if name in weights:
+        return name
+    layer = _LAYER_SUFFIX.match(name)
+    return layer.group(1) if layer and layer.group(1) in weights else None
+
+
 class Criterion(nn.Module):
     """Weighted sum of a task's loss terms, its per-layer repeats and a model's own terms."""
 
@@ -53,11 +62,9 @@ class Criterion(nn.Module):
     def weight(self, term: str) -> float:
         """Weight of ``loss_<name>``: ``weights[name]``, else, for a per-layer ``<base>_<j>``, ``weights[base]``."""
         name = term[len("loss_") :]
-        if name in self.weights:
-            return self.weights[name]
-        layer = _LAYER_SUFFIX.match(name)
-        if layer and layer.group(1) in self.weights:
-            return self.weights[layer.group(1)]
+        key = _weight_key(name, self.weights)
+        if key is not None:
+            return self.weights[key]
         raise ValueError(
             f"no weight for loss term {term!r}: a model's own terms need a default in its `loss_weights` "
             f"(or `loss.{name}` in the config); weights: {', '.join(sorted(self.weights))}"
@@ -99,8 +106,7 @@ def build_criterion(task: str | Task, model: nn.Module | None = None, **loss: An
         if name in task.loss_options:
             options[name] = value
             continue
-        layer = _LAYER_SUFFIX.match(name)
-        if name not in weights and not (layer and layer.group(1) in weights):
+        if _weight_key(name, weights) is None:
             raise ValueError(
                 f"unknown loss weight or option {name!r} for task {task.name!r}; valid: {', '.join(valid)} "
                 "(and <term>_<layer> for per-layer weights)"
