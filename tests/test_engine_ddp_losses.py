@@ -123,3 +123,59 @@ def test_cross_rank_loss_state_is_shared_saved_and_resumed(tmp_path):
     _torchrun(tmp_path, tmp_path / "half", world, False, "run.max_steps=2", "run.save_steps=2")
     resumed = _torchrun(tmp_path, tmp_path / "half", world, True, "run.max_steps=4", "run.save_steps=2")
     assert resumed[0]["state"] == full[0]["state"] and resumed[1]["state"] == full[1]["state"]
+
+
+RAGGED = textwrap.dedent(
+    """
+import torch, torch.distributed as dist
+import torch.nn.functional as F
+dist.init_process_group("gloo")
+r = dist.get_rank()
+from langground.ops import distributed as D
+from langground.tasks.retrieval import contrastive_terms
+from langground.types import Targets
+torch.manual_seed(r)
+nimg, ntxt = (2, 3) if r == 0 else (3, 5)
+images = F.normalize(torch.randn(nimg, 4), dim=-1).requires_grad_()
+texts = F.normalize(torch.randn(ntxt, 4), dim=-1).requires_grad_()
+idx = torch.tensor([0, 1, 1] if r == 0 else [0, 1, 2, 2, 0])
+t = Targets([torch.zeros(0, 4)] * ntxt, None, torch.zeros(ntxt, dtype=torch.bool), -torch.ones(ntxt, dtype=torch.long), image_index=idx)
+loss = contrastive_terms({"pred_image_embed": images, "pred_text_embed": texts, "logit_scale": torch.tensor(5.0)}, t)["loss_itc"]
+loss.backward()
+allobj = [None, None]; dist.all_gather_object(allobj, (images.detach(), texts.detach(), idx))
+I = torch.cat([a[0] for a in allobj]); T = torch.cat([a[1] for a in allobj])
+off = 0 if r == 0 else 2; toff = 0 if r == 0 else 3
+gidx = torch.cat([allobj[0][2], allobj[1][2] + 2])
+t2i = F.cross_entropy(5 * texts.detach() @ I.t(), idx + off)
+pos = (gidx[None] == torch.arange(off, off + nimg)[:, None]).float()
+i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(5 * images.detach() @ T.t(), 1)).sum(1).mean()
+import json, sys
+open(sys.argv[1] + f"/rank{r}.json", "w").write(json.dumps([float(loss), float((t2i + i2t) / 2), bool(images.grad.abs().sum() > 0)]))
+"""
+)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo backend")
+def test_contrastive_loss_over_ranks_with_different_image_and_text_counts(tmp_path):
+    """Whole images per batch give ranks different numbers of images and texts: the retrieval loss gathers
+    both raggedly and equals the loss recomputed from every rank's rows."""
+    script = tmp_path / "ragged.py"
+    script.write_text(RAGGED)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for r in (0, 1):
+        loss, expected, has_grad = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert loss == pytest.approx(expected, rel=1e-6) and has_grad

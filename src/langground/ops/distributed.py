@@ -37,3 +37,23 @@ def all_gather_cat(x: Tensor) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x), dim=0)
+
+
+def row_counts(x: Tensor) -> list[int]:
+    """Every rank's number of rows of ``x`` (dim 0), in rank order."""
+    if not is_distributed():
+        return [x.shape[0]]
+    return all_gather_cat(torch.tensor([x.shape[0]], device=x.device)).tolist()
+
+
+def all_gather_ragged(x: Tensor, counts: list[int] | None = None) -> Tensor:
+    """:func:`all_gather_cat` for rows whose count differs by rank (pad to the largest, gather, drop the
+    padding), differentiable; ``counts`` from :func:`row_counts` when the caller has them."""
+    counts = row_counts(x) if counts is None else counts
+    if len(counts) == 1:
+        return x
+    pad = max(counts) - x.shape[0]
+    padded = all_gather_cat(
+        torch.nn.functional.pad(x, (0, 0, 0, pad)) if x.dim() > 1 else torch.nn.functional.pad(x, (0, pad))
+    )
+    return torch.cat([c[:n] for c, n in zip(padded.split(max(counts)), counts, strict=True)])

@@ -36,12 +36,14 @@ def contrastive_terms(outputs: Mapping[str, Any], targets: Targets) -> dict[str,
     texts = outputs["pred_text_embed"].float()
     index = targets.image_index
     index = torch.arange(texts.shape[0], device=texts.device) if index is None else index.to(texts.device)
-    # Offsets of this rank's images in the gathered batch (ranks may hold different image counts).
-    counts = dist_ops.all_gather_cat(torch.tensor([images.shape[0]], device=images.device)).tolist()
+    # Ranks may hold different numbers of images and of texts (whole images per batch): ragged gathers,
+    # and this rank's images start at `offset` in the gathered batch.
+    counts = dist_ops.row_counts(images)
     offset = sum(counts[: dist_ops.rank()])
-    all_images = _gather_ragged(images, counts)
-    all_index = dist_ops.all_gather_cat(index + offset) if dist_ops.is_distributed() else index
-    all_texts = dist_ops.all_gather_cat(texts) if dist_ops.is_distributed() else texts
+    all_images = dist_ops.all_gather_ragged(images, counts)
+    text_counts = dist_ops.row_counts(texts)
+    all_index = dist_ops.all_gather_ragged(index + offset, text_counts)
+    all_texts = dist_ops.all_gather_ragged(texts, text_counts)
     scale = outputs.get("logit_scale")
     scale = torch.as_tensor(DEFAULT_LOGIT_SCALE if scale is None else scale, device=texts.device).float()
     logits = scale * texts @ all_images.t()  # this rank's texts vs every image: (N, B_all)
@@ -52,16 +54,6 @@ def contrastive_terms(outputs: Mapping[str, Any], targets: Targets) -> dict[str,
     i2t_logits = scale * images @ all_texts.t()  # (B, N_all)
     i2t = -(positives / positives.sum(1, keepdim=True) * F.log_softmax(i2t_logits, dim=1)).sum(1).mean()
     return {"loss_itc": (t2i + i2t) / 2}
-
-
-def _gather_ragged(x: Tensor, counts: Sequence[int]) -> Tensor:
-    """all_gather_cat of rows whose count differs by rank: pad to the largest, gather, drop the padding."""
-    if len(counts) == 1:
-        return x
-    pad = max(counts) - x.shape[0]
-    padded = dist_ops.all_gather_cat(F.pad(x, (0, 0, 0, pad)))
-    chunks = padded.split(max(counts))
-    return torch.cat([c[:n] for c, n in zip(chunks, counts, strict=True)])
 
 
 @register_task
