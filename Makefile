@@ -10,11 +10,11 @@ DEMO_OUT ?= demo_out
 $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[text,logging,export,vision]"
+	$(PY) -m pip install -q -e ".[text,logging,export,vision,serve]"
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
-	$(PY) -m pip install -q -e ".[dev,text,logging,export,vision]"
+	$(PY) -m pip install -q -e ".[dev,text,logging,export,vision,serve]"
 	touch $@
 
 venv: $(VENV)/.stamp-dev

@@ -14,7 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from langground.layers.gated_blocks import SlicedBottleneck, is_gateable
 from langground.layers.gates import Gates, binary_gate, gate_mutual_information
 from langground.losses import build_criterion
-from langground.models.lads import LADS, LADSConfig, _build_resnet, resnet_blocks
+from langground.models.lads import LADS, LADSConfig
+from langground.models.lads_subnet import build_resnet as _build_resnet
+from langground.models.lads_subnet import resnet_blocks
 from langground.registry import create_model, list_models
 from langground.types import Targets, TextBatch
 

@@ -52,11 +52,14 @@ class ModelConfig:
         task: the task the model is trained for (``rec``, ``res``, ``gref``, ``gres``, ``vqa``).
         kwargs: keyword arguments of the model factory (its variant defaults otherwise). The vocabulary
             size, the number of answers, the task and the input size are filled in by the engine.
+        init_from: fine-tune: a checkpoint or run directory whose weights initialise the model where
+            names and shapes match (another task's heads are kept at init; ``engine/init_from.py``).
     """
 
     name: str = "laconvnet_t"
     task: str = "rec"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass

@@ -41,12 +41,20 @@ def _mount() -> None:
     app.command("models")(models)
     from langground.cli.demo import demo
     from langground.cli.predict import predict
+    from langground.cli.serve import serve  # FastAPI is imported only when serve runs
 
+    app.command("serve")(serve)
     app.command("predict")(predict)
+    from langground.cli.export import export
+
+    app.command("export")(export)
     app.command("demo")(demo)
     from langground.cli import engine
 
     engine.register(app)  # train, eval, presets
+    from langground.cli.lads_stats import lads_stats
+
+    app.command("lads-stats")(lads_stats)
 
 
 def main() -> None:

@@ -86,6 +86,13 @@ def render(
         picture = with_caption(image, " | ".join(lines) or " ", max(12, image.width // 40))
     else:
         picture = draw_predictions(image, results, shown, box_threshold=box_threshold)
+    from langground.inference.subnet_diagram import draw_subnet_explanation, is_subnet_explanation
+
+    if explain and results and is_subnet_explanation(results[0].get("attention")):
+        # LADS: the subnet each expression chose (Fig. 6), next to the boxes
+        pairs = zip(results, shown, strict=True)
+        diagrams = [draw_subnet_explanation(grounder.model, r["attention"], q) for r, q in pairs]
+        return stack([[picture, stack([[dg] for dg in diagrams])]])
     if explain:
         blocks = [picture] + [
             draw_explanation(image, None, q, r["words"], _last(r["attention"], stages))

@@ -62,9 +62,16 @@ def bench(
     dtype: DType = typer.Option(DType.fp32, help="Weights and activations: fp32 or bf16."),
     fuse_bn: bool = typer.Option(True, "--fuse-bn/--no-fuse-bn", help="Fold BatchNorm into convs."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    data: Path = typer.Option(None, "--data", help="Gated models (LADS): the dataset root of --split."),
+    split: str = typer.Option(None, "--split", help="Gated models: the split whose expressions are averaged."),
+    gated_expressions: int = typer.Option(
+        16, "--expressions", min=1, help="Gated models: expressions (evenly spaced over --split) to average."
+    ),
 ) -> None:
-    """Parameters, MACs and FLOPs (papers' "FLOPs" are MACs), median latency and peak memory."""
+    """Parameters, MACs and FLOPs (papers' "FLOPs" are MACs), median latency and peak memory; for gated
+    models (LADS) also the all-open supernet vs the mean extracted subnet over a split's expressions."""
     from langground.bench import benchmark_model
+    from langground.bench.gated import gated_report, gated_rows
 
     r = benchmark_model(
         model,
@@ -82,8 +89,11 @@ def bench(
         vocab_size=vocab_size,
         checkpoint=checkpoint,
     )
+    gated = gated_report(
+        model, checkpoint, size=size, data=data, split=split, expressions=gated_expressions, device=device
+    )
     if json_out:
-        typer.echo(json.dumps(r.to_dict()))
+        typer.echo(json.dumps({**r.to_dict(), **({"gated": gated.to_dict()} if gated else {})}))
         return
     table = Table(title=f"{r.model} · {r.task} · {r.size}x{r.size} · batch {r.batch}", show_header=False)
     table.add_column("what", style="bold")
@@ -120,6 +130,8 @@ def bench(
     )
     load = ", ".join(f"{v:.2f}" for v in r.loadavg_before)
     table.add_row("load average before", f"{load}  (latency is only meaningful on an idle machine)")
+    for what, value in gated_rows(gated) if gated else []:
+        table.add_row(what, value)
     console.print(table)
 
 

@@ -106,6 +106,9 @@ def predict(
         "checkpoint's postprocess.no_target_threshold).",
     ),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="(image, expression) pairs per forward."),
+    backend: str = typer.Option(
+        "torch", "--backend", help="torch, or onnx: CHECKPOINT is then a .onnx from `langground export`."
+    ),
 ) -> None:
     """Ground expressions in images: boxes, masks and no-target decisions in each image's own pixels."""
     from langground.inference.batch import collect_jobs
@@ -142,7 +145,9 @@ def predict(
             pil = load_image(source)
         show_warnings(caught)
 
-    grounder = Grounder.from_pretrained(checkpoint, device=dev, batch_size=batch_size)
+    if explain and backend == "onnx":
+        raise LanggroundError("--explain is not supported with --backend onnx (the graph has no attention maps)")
+    grounder = Grounder.from_pretrained(checkpoint, device=dev, batch_size=batch_size, backend=backend)
     config = grounder.thresholds(box_threshold=box_threshold, no_target_threshold=no_target_threshold)
     if grounder.synthetic_only:
         err_console.print(

@@ -10,6 +10,7 @@ from langground.data import (  # noqa: F401
     clevr_ref,
     flickr30k,
     grefcoco,
+    karpathy,
     mdetr,
     refer,
     simrec,

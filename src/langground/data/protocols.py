@@ -23,7 +23,7 @@ RES = ("res/oiou", "res/miou", "res/pr@0.5", "res/pr@0.6", "res/pr@0.7", "res/pr
 GRES = ("gres/ciou", "gres/giou", "gres/n_acc", "gres/t_acc")
 GREC = ("grec/prec@f1", "grec/n_acc", "grec/t_acc")
 VQA = ("vqa/acc",)
-SIZES = {"rec": 416, "res": 320, "vqa": 224}
+SIZES = {"rec": 416, "res": 320, "vqa": 224, "recres": 640}  # recres: RefTR trains at 640
 
 UNC_SPLITS = ("train", "val", "testA", "testB")
 
@@ -33,9 +33,9 @@ def _refcoco(
 ) -> DatasetProtocol:
     return DatasetProtocol(
         benchmark=benchmark,
-        tasks=("rec", "res"),
-        metrics={"rec": REC, "res": RES},
-        input_size={"rec": SIZES["rec"], "res": SIZES["res"]},
+        tasks=("rec", "res", "recres"),
+        metrics={"rec": REC, "res": RES, "recres": REC + RES},
+        input_size={"rec": SIZES["rec"], "res": SIZES["res"], "recres": SIZES["recres"]},
         splits=splits,
         eval_splits=eval_splits,
         notes=notes,
@@ -109,8 +109,8 @@ CLEVR = DatasetProtocol(
 )
 SYNTH = DatasetProtocol(
     benchmark="langground synthetic world",
-    tasks=("rec", "res", "gref", "gres", "vqa"),
-    metrics={"rec": REC, "res": RES, "gref": GREC, "gres": GRES, "vqa": VQA},
+    tasks=("rec", "res", "gref", "gres", "vqa", "recres"),
+    metrics={"rec": REC, "res": RES, "gref": GREC, "gres": GRES, "vqa": VQA, "recres": REC + RES},
     input_size={},  # no paper resolution: the presets choose (the demo trains at 128)
     splits=("train", "val", "testA", "testB", "cogentB"),
     eval_splits=("val", "testA", "testB", "cogentB"),

@@ -36,7 +36,7 @@ from langground.errors import DataError
 from langground.tasks import get_task
 from langground.types import GroundingRecord, Phrase
 
-SYNTH_TASKS = ("rec", "res", "gref", "gres", "vqa", "phrase", "retrieval")
+SYNTH_TASKS = ("rec", "res", "gref", "gres", "vqa", "phrase", "retrieval", "recres")
 
 
 def read_scenes(path: Path) -> dict[int, dict[str, Any]]:
@@ -122,14 +122,20 @@ def open_synth(
     strict: bool = True,
     image_dir: str | Path | None = None,
     protocol: DatasetProtocol = SYNTH,
+    captions: str = "expressions",
 ) -> RecordDataset:
-    """Open the synthetic world under ``root`` for ``task`` (rec/res/gref/gres/vqa/phrase/retrieval)."""
+    """Open the synthetic world under ``root`` for ``task`` (rec/res/gref/gres/vqa/phrase/retrieval).
+
+    ``captions`` (retrieval): ``"expressions"`` (the rec records) or ``"scene"`` (the scene-graph captions
+    of ``captions_{split}.json``, ``synthetic/captions.py``)."""
     if task not in SYNTH_TASKS:
         raise DataError(f"unknown task {task!r} for synth; expected one of {', '.join(SYNTH_TASKS)}")
     if (root / "synth").is_dir() is False and (root / "questions.json").is_file() is False:
         raise DataError(
             f"{root}: not a synthetic world (expected {root / 'synth'} and {root / 'questions.json'})"
         )
+    if captions not in ("expressions", "scene"):
+        raise DataError(f"synth: captions={captions!r}; expected 'expressions' or 'scene'")
     spec = get_task(task)
     if spec.record_unit == "question":
         return open_synth_vqa(root, split, name=name, protocol=protocol, strict=strict)
@@ -147,6 +153,8 @@ def open_synth(
         refer = open_refer(
             root, split, **{**common, "task": "rec", "protocol": caption_protocol(protocol, task)}
         )
+        if not spec.uses_phrases and captions == "scene":
+            return open_synth_scene_captions(root, split, name, caption_protocol(protocol, task))
         if not spec.uses_phrases:  # retrieval: the single-target expressions are the captions
             refer.task = task
             return refer
@@ -231,6 +239,18 @@ def compose_groups(items: list[int], ids: list[str], image_id: Any) -> list[list
         groups.append(order[:take])
         order = order[take:]
     return groups
+
+
+def open_synth_scene_captions(root: Path, split: str, name: str, protocol: DatasetProtocol) -> RecordDataset:
+    """The scene-graph captions (``captions_{split}.json``, COCO captions layout) as retrieval records."""
+    from langground.data.karpathy import open_coco_captions
+    from langground.data.synthetic.captions import captions_file
+    from langground.data.synthetic.config import SPLITS
+
+    files = {s: root / captions_file(s) for s in SPLITS if (root / captions_file(s)).is_file()}
+    if not files:
+        raise DataError(f"{root}: no {captions_file('<split>')} (generate the world again for scene captions)")
+    return open_coco_captions(files, split, root=root, image_dir=root / "images", name=name, protocol=protocol)
 
 
 def read_dataset_info(root: Path) -> dict[str, Any] | None:

@@ -44,6 +44,12 @@ class TransformConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.1
+    # TransVG's multi-scale training: the long side is a random choice of these fractions of input_size,
+    # the rest of the canvas padding (centred, or at a random offset with ``translate``); () = always 1.0
+    resize_scales: tuple[float, ...] = ()
+    translate: bool = False
+    # the crop is skipped when the text has one of these words (TransVG: left right top bottom middle)
+    crop_skip_words: tuple[str, ...] = ()
 
 
 def swap_left_right(text: str) -> str:
@@ -115,6 +121,32 @@ class Letterbox(v2.Transform):
         return out
 
 
+class RandomLetterbox(Letterbox):
+    """TransVG's multi-scale resize: the long side becomes ``round(size * s)`` for a random ``s`` of
+    ``scales``, then the image is padded to ``size×size``, centred or (``translate``) at a random offset.
+    ``sample["letterbox"]`` records the inverse as :class:`Letterbox` does."""
+
+    def __init__(self, size: int, scales: Sequence[float], translate: bool = False):
+        super().__init__(size)
+        self.scales, self.translate = tuple(scales) or (1.0,), translate
+
+    def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
+        s = self.scales[int(torch.randint(len(self.scales), ()))]
+        side = min(self.size, max(1, round(self.size * s)))
+        height, width = F.get_size(sample["image"])
+        scale, new_h, new_w, pad_x, pad_y = letterbox_params(height, width, side)
+        free_x, free_y = self.size - new_w, self.size - new_h
+        if self.translate:
+            pad_x, pad_y = int(torch.randint(free_x + 1, ())), int(torch.randint(free_y + 1, ()))
+        else:
+            pad_x, pad_y = free_x // 2, free_y // 2
+        out = v2.Resize((new_h, new_w), antialias=True)(sample)
+        padding = [pad_x, pad_y, free_x - pad_x, free_y - pad_y]
+        out = v2.Pad(padding, fill={tv_tensors.Image: PAD_FILL, tv_tensors.Mask: 0, "others": 0})(out)
+        out["letterbox"] = (scale, float(pad_x), float(pad_y))
+        return out
+
+
 class ReferentSafeRandomCrop(v2.Transform):
     """With probability ``p``, crop a random window that contains every referent box whole.
 
@@ -123,13 +155,20 @@ class ReferentSafeRandomCrop(v2.Transform):
     ``boxes`` (all kept whole) and ``no_target=True`` when any of them refers to nothing.
     """
 
-    def __init__(self, p: float = 0.5, min_scale: float = 0.6):
+    def __init__(self, p: float = 0.5, min_scale: float = 0.6, skip_words: Sequence[str] = ()):
         super().__init__()
         self.p, self.min_scale = p, min_scale
+        # whole words, any case: a crop can move the referent's place in the image ("the left one")
+        words = "|".join(map(re.escape, skip_words))
+        self.skip = re.compile(rf"\b({words})\b", re.IGNORECASE) if skip_words else None
 
     def forward(self, sample: dict[str, Any]) -> dict[str, Any]:
         boxes = sample["boxes"]
         if self.p <= 0 or boxes.shape[0] == 0 or sample.get("no_target", False) or torch.rand(()) >= self.p:
+            return sample
+        text = sample.get("text", "")
+        texts = [text] if isinstance(text, str) else list(text)
+        if self.skip is not None and any(self.skip.search(t) for t in texts):
             return sample
         height, width = F.get_size(sample["image"])
         x0, y0 = boxes[:, 0].min().item(), boxes[:, 1].min().item()
@@ -200,10 +239,13 @@ def build_transforms(cfg: TransformConfig, train: bool) -> v2.Compose:
     steps: list[v2.Transform] = []
     if train:
         if cfg.crop_prob > 0:
-            steps.append(ReferentSafeRandomCrop(cfg.crop_prob, cfg.crop_min_scale))
+            steps.append(ReferentSafeRandomCrop(cfg.crop_prob, cfg.crop_min_scale, cfg.crop_skip_words))
         if cfg.flip_prob > 0:
             steps.append(TextAwareHorizontalFlip(cfg.flip_prob))
-    steps.append(Letterbox(cfg.input_size))
+    if train and (cfg.resize_scales or cfg.translate):
+        steps.append(RandomLetterbox(cfg.input_size, cfg.resize_scales, cfg.translate))
+    else:
+        steps.append(Letterbox(cfg.input_size))
     if train and (cfg.brightness or cfg.contrast or cfg.saturation):
         # After the resize: jitter costs per pixel, and the canvas is usually far smaller than the photo.
         steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, hue=0.0))

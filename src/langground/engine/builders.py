@@ -243,11 +243,16 @@ def build_model(
             raise LanggroundError("a VQA model needs its answer list (answers.json)")
         kwargs["num_answers"] = len(answers)
     try:
-        return create_model(name, **kwargs)
+        model = create_model(name, **kwargs)
     except LanggroundError:
         raise
     except (TypeError, ValueError) as e:  # a factory's own check of its keyword arguments
         raise LanggroundError(f"config model.kwargs of {name!r}: {str(e).splitlines()[0]}") from None
+    if pretrained and config.model.init_from:  # fine-tuning: another run's weights where they fit
+        from langground.engine.init_from import init_from_checkpoint
+
+        init_from_checkpoint(model, os.path.expanduser(config.model.init_from), vocab)
+    return model
 
 
 def build_criterion(config: Config, model: nn.Module | None = None) -> nn.Module:

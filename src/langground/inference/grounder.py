@@ -35,10 +35,12 @@ from langground.postprocess import PostprocessConfig, postprocess
 from langground.tasks import get_task
 from langground.text.vocab import Vocabulary
 
-__all__ = ["SYNTHETIC_DATASET", "Grounder", "GroundingOutput", "resolve_device"]
+__all__ = ["BACKENDS", "SYNTHETIC_DATASET", "Grounder", "GroundingOutput", "resolve_device"]
 
 #: ``config.data.dataset`` of checkpoints trained on the synthetic world (its words and rendered scenes only)
 SYNTHETIC_DATASET = "synth"
+#: what runs the model: PyTorch, or an exported ONNX graph through onnxruntime (``langground export``)
+BACKENDS = ("torch", "onnx")
 
 
 def resolve_device(device: str | torch.device | None, option: str = "device") -> torch.device:
@@ -91,20 +93,51 @@ class Grounder:
         self.postprocess_config = postprocess_config or PostprocessConfig()
         self.batch_size = max(1, int(batch_size))
         self.trained_on = trained_on
+        #: ``torch`` or ``onnx`` (set by :meth:`from_pretrained`)
+        self.backend = "torch"
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device | None = "cpu", batch_size: int = 16
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device | None = "cpu",
+        batch_size: int = 16,
+        backend: str = "torch",
     ) -> Grounder:
         """Load a checkpoint directory, or a run directory (its ``best/``, else its newest checkpoint).
 
+        ``backend="onnx"`` runs an exported model (``langground export``) through onnxruntime instead:
+        ``path`` is the ``.onnx`` file (its ``.json`` sidecar beside it) or a directory holding one.
+
         Raises:
             CheckpointError: one line naming the path and the problem.
-            LanggroundError: an unknown device, or CUDA asked for on a machine without it.
+            LanggroundError: an unknown device or backend, or CUDA asked for on a machine without it.
         """
+        if backend not in BACKENDS:
+            raise LanggroundError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        dev = resolve_device(device)
+        if backend == "onnx":
+            from langground.inference.onnx_backend import load_onnx_model
+
+            loaded = load_onnx_model(path, device=dev)
+            meta = loaded.meta
+            grounder = cls(
+                loaded,
+                Vocabulary(meta.vocab),
+                input_size=meta.input_size,
+                max_text_length=meta.max_text_length,
+                task=meta.task,
+                answers=meta.answers,
+                postprocess_config=PostprocessConfig(**meta.postprocess),
+                device=dev,
+                batch_size=batch_size,
+                trained_on=meta.trained_on,
+            )
+            grounder.backend = "onnx"
+            return grounder
+
         from langground.engine.checkpoint import load_checkpoint  # engine pulls in the model zoo
 
-        dev = resolve_device(device)
         ckpt = load_checkpoint(path, device=dev)
         cfg = ckpt.config
         return cls(
@@ -186,6 +219,8 @@ class Grounder:
         for i, t in enumerate(texts):
             if not t:
                 raise LanggroundError(f"image {i}: no expressions given: expected at least one")
+        if explain and self.backend == "onnx":
+            self.ground([], [], explain=True)  # the one-line error, before any image is decoded
         config = self.thresholds(box_threshold=box_threshold, no_target_threshold=no_target_threshold)
         # Text first (cheap), then pixels; the warnings point at the caller's line.
         check_expressions([t for ts in texts for t in ts], self.max_text_length, stacklevel=3)
@@ -237,6 +272,11 @@ class Grounder:
         """
         from langground.data.transforms import preprocess_image
 
+        if explain and self.backend == "onnx":
+            raise LanggroundError(
+                "explain is not supported by the onnx backend (the exported graph has no attention maps): "
+                "use backend='torch'"
+            )
         if not checked:
             check_expressions([t for texts in expressions for t in texts], self.max_text_length, stacklevel=3)
         config = config or self.postprocess_config

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from langground.errors import CheckpointError, LanggroundError
+from langground.errors import LanggroundError
 from langground.layers.gated_blocks import (
     FusionLayer,
     SlicedBottleneck,
@@ -47,8 +47,8 @@ from langground.layers.gated_blocks import (
 )
 from langground.layers.gates import Gates, GatingNetwork, gate_mutual_information
 from langground.layers.position import PositionEmbeddingSine2d
-from langground.models.backbones import read_state_dict
 from langground.models.base import GroundingModel
+from langground.models.lads_subnet import ExpressionSubnet, LADSSubnet, build_resnet, resnet_blocks
 from langground.models.text_encoders import build_text_encoder
 from langground.registry import register_model
 from langground.types import TextBatch
@@ -77,86 +77,21 @@ class LADSConfig:
     gate_hidden: int = 64  # d_h of Eq. 3
     gate_init: float = 3.0  # head bias: every gate starts open
     execution: str = "subnet"  # eval: "subnet" (skip closed units) | "masked" (Eq. 6-7 reference)
+    gates: str = (
+        "learned"  # "learned" (the Gating Network) | "open" (every gate forced open: the plain supernet)
+    )
 
     def __post_init__(self) -> None:
         self.widths, self.depths = tuple(int(w) for w in self.widths), tuple(int(d) for d in self.depths)
         if self.execution not in ("subnet", "masked"):
             raise LanggroundError(f"execution must be 'subnet' or 'masked', got {self.execution!r}")
+        if self.gates not in ("learned", "open"):
+            raise LanggroundError(f"gates must be 'learned' or 'open', got {self.gates!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _build_resnet(cfg: LADSConfig) -> nn.Module:
-    import timm
-    from timm.models.resnet import Bottleneck, ResNet
-
-    if cfg.backbone == "bottleneck":
-        net = ResNet(Bottleneck, cfg.depths, num_classes=0, channels=cfg.widths, stem_width=cfg.stem_width)
-    else:
-        net = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
-    if cfg.backbone_weights:
-        state = {k: v for k, v in read_state_dict(cfg.backbone_weights).items() if not k.startswith("fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"backbone_weights: {cfg.backbone_weights} does not fit {cfg.backbone!r}: {len(missing)} "
-                f"missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
-            )
-    return net
-
-
-def resnet_blocks(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``("layer<s>.<i>", block)`` for every residual block of a timm / torchvision ResNet, in order."""
-    return [
-        (f"{s}.{i}", b)
-        for s in ("layer1", "layer2", "layer3", "layer4")
-        for i, b in enumerate(net.get_submodule(s))
-    ]
-
-
-class LADSSubnet(nn.Module):
-    """A static subnet: ``(images, text tokens, text mask) -> boxes``; no gates, nothing closed computed."""
-
-    def __init__(
-        self,
-        stem: nn.Module,
-        blocks: list[nn.Module],
-        proj: nn.Module,
-        pos: nn.Module,
-        fusion: list[nn.Module],
-        head: nn.Module,
-    ):
-        super().__init__()
-        self.stem, self.blocks = stem, nn.Sequential(*blocks)
-        self.proj, self.pos, self.fusion, self.head = proj, pos, nn.ModuleList(fusion), head
-
-    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
-        # channels_last: oneDNN's native layout (no per-conv reorders; max-pool / BN ~10x faster on CPU)
-        v = self.proj(self.blocks(self.stem(images.contiguous(memory_format=torch.channels_last))))
-        v = (v + self.pos(*v.shape[-2:], v.device, v.dtype)).flatten(2).transpose(1, 2)
-        x = torch.cat([tokens.to(v.dtype), v], 1)
-        pad = ~torch.cat([mask, mask.new_ones(mask.shape[0], v.shape[1])], 1)
-        for layer in self.fusion:
-            x = layer(x, pad)
-        return self.head(x[:, 0]).sigmoid()
-
-
-class ExpressionSubnet(nn.Module):
-    """One expression's subnet with its (precomputed) text features: ``images -> (N, 4)`` boxes."""
-
-    def __init__(self, subnet: LADSSubnet, tokens: Tensor, mask: Tensor):
-        super().__init__()
-        self.subnet = subnet
-        self.register_buffer("tokens", tokens.detach().clone())
-        self.register_buffer("mask", mask.detach().clone())
-
-    def forward(self, images: Tensor) -> Tensor:
-        n = images.shape[0]
-        return self.subnet(images, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1))
 
 
 class LADS(GroundingModel):
@@ -184,7 +119,7 @@ class LADS(GroundingModel):
         )
         # MiniLM brings its own [CLS] at position 0; the scratch encoders get a learned one
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if cfg.text_encoder != "minilm" else None
-        self.backbone = _build_resnet(cfg)
+        self.backbone = build_resnet(cfg)
         self.gated_blocks = [n for n, m in self._blocks() if is_gateable(m)]
         c5 = self.backbone.num_features
         self.input_proj = nn.Conv2d(c5, d, 1)
@@ -215,20 +150,65 @@ class LADS(GroundingModel):
         b = self.backbone
         return nn.Sequential(b.conv1, b.bn1, b.act1, b.maxpool)
 
-    def encode_text(self, text: TextBatch) -> tuple[Tensor, Tensor]:
-        """``(N, L, dim)`` tokens with [CLS] first, ``(N, L)`` bool mask."""
+    def _encode(self, text: TextBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """``(N, L, dim)`` tokens with [CLS] first, ``(N, L)`` bool mask, ``(N, L)`` word column of each
+        token (-1 for [CLS] and other special tokens)."""
         feats = self.text_encoder(text)
-        tokens, mask = feats.tokens, feats.mask
+        tokens, mask, word = feats.tokens, feats.mask, feats.word_index
+        if word is None:  # the tokens are the words
+            word = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
             mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
-        return tokens, mask
+            word = torch.cat([word.new_full((word.shape[0], 1), -1), word], 1)
+        return tokens, mask, word
+
+    def encode_text(self, text: TextBatch) -> tuple[Tensor, Tensor]:
+        """``(N, L, dim)`` tokens with [CLS] first, ``(N, L)`` bool mask."""
+        return self._encode(text)[:2]
+
+    @torch.no_grad()
+    def explain_gates(self, text: TextBatch) -> tuple[Gates, Tensor]:
+        """The evaluation gates (hard, no noise; all ones with ``gates="open"``) and Eq. 1's ``alpha`` per
+        WORD ``(N, U, W)`` (W = ``text.token_ids.shape[1]``: sub-words of a word summed, [CLS] dropped)."""
+        tokens, mask, word = self._encode(text)
+        was = self.gating.training
+        self.gating.eval()
+        try:
+            g, alpha = self.gating(tokens, mask)
+        finally:
+            self.gating.train(was)
+        if self.config.gates == "open":
+            g = self.open_gates(tokens.shape[0], tokens.device)
+        n, u, _ = alpha.shape
+        keep = (word >= 0) & mask
+        idx = torch.where(keep, word, torch.zeros_like(word)).clamp_max(text.token_ids.shape[1] - 1)
+        src = alpha * keep[:, None, :].to(alpha.dtype)
+        per_word = alpha.new_zeros(n, u, text.token_ids.shape[1])
+        return g, per_word.scatter_add_(2, idx[:, None, :].expand(-1, u, -1), src)
+
+    def units(self) -> list[dict[str, Any]]:
+        """The gated units in gate order: ``name``, ``kind`` (bottleneck / attention / ffn), ``stage``,
+        ``filters`` (conv2's width; 0 for fusion sublayers)."""
+        out: list[dict[str, Any]] = [
+            {"name": n, "kind": "bottleneck", "stage": n.split(".")[0], "filters": c}
+            for n, c in zip(self.gated_blocks, self.gating.filters, strict=False)
+        ]
+        for j in range(len(self.fusion)):
+            for kind in ("attention", "ffn"):
+                out.append({"name": f"fusion{j}.{kind}", "kind": kind, "stage": "fusion", "filters": 0})
+        return out
 
     def gates(self, text: TextBatch) -> tuple[Gates, Tensor, Tensor, Tensor]:
         """Eq. 1-5 from the expression alone: ``(gates, alpha, tokens, mask)``."""
         tokens, mask = self.encode_text(text)
         g, alpha = self.gating(tokens, mask)
         return g, alpha, tokens, mask
+
+    def open_gates(self, n: int, device: torch.device | str = "cpu") -> Gates:
+        """Every gate open for ``n`` expressions: the whole supernet."""
+        u, c = self.gating.num_units, sum(self.gating.filters)
+        return Gates(torch.ones(n, u, device=device), torch.ones(n, c, device=device))
 
     # ------------------------------------------------------------------ masked supernet (Eq. 6-7)
     def run_masked(self, images: Tensor, tokens: Tensor, mask: Tensor, g: Gates) -> Tensor:
@@ -334,10 +314,14 @@ class LADS(GroundingModel):
         self, images: Tensor, text: TextBatch, gates: Gates | None = None
     ) -> dict[str, Any]:
         """The forward pass; ``gates`` (hard 0/1, e.g. a forced pattern) replace the Gating Network's."""
-        g, alpha, tokens, mask = self.gates(text)
-        probs = None if g.layer_prob is None else torch.cat([g.layer_prob, g.filter_prob], 1)
-        if gates is not None:
-            g = gates
+        if self.config.gates == "open":  # the all-open supernet: no Gating Network, no MI term
+            tokens, mask = self.encode_text(text)
+            g, alpha, probs = gates or self.open_gates(tokens.shape[0], tokens.device), None, None
+        else:
+            g, alpha, tokens, mask = self.gates(text)
+            probs = None if g.layer_prob is None else torch.cat([g.layer_prob, g.filter_prob], 1)
+            if gates is not None:
+                g = gates
         images = text.images_per_text(images).to(self.input_proj.weight.dtype)
         if self.training or self.config.execution == "masked":
             boxes = self.run_masked(images, tokens, mask, g)

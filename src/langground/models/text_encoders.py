@@ -206,19 +206,38 @@ class MiniLMTextEncoder(nn.Module):
     ``token_ids``.
     """
 
-    def __init__(self, out_dim: int = 512, freeze: bool = False, max_length: int = 128):
+    def __init__(
+        self,
+        out_dim: int = 512,
+        freeze: bool = False,
+        max_length: int = 128,
+        source: str | os.PathLike | None = None,
+        bert_config: dict | None = None,
+    ):
+        """``source``: a local Hugging Face checkpoint directory instead of MiniLM; ``bert_config``:
+        ``transformers.BertConfig`` fields of a randomly initialised BERT (``{}`` is BERT-base) that
+        reads MiniLM's uncased WordPiece vocabulary (bert-base-uncased's 30,522 words)."""
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
         except ImportError:
             raise LanggroundError(
                 "text_encoder='minilm' needs 'transformers': pip install 'langground[text]'"
             ) from None
-        path = minilm_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.bert = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        path = minilm_dir() if source is None else Path(source)
+        if not path.is_dir():
+            raise LanggroundError(f"text_encoder: {path}: no such directory (a local Hugging Face checkpoint)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            if bert_config is not None:
+                self.bert = BertModel(BertConfig(**bert_config), add_pooling_layer=False)
+            else:
+                self.bert = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        except (OSError, ValueError, TypeError) as e:
+            msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise LanggroundError(f"text_encoder: {path}: cannot load a tokenizer and encoder ({msg})") from None
         if freeze:
             self.bert.requires_grad_(False)
         self.proj = nn.Linear(self.bert.config.hidden_size, out_dim)
@@ -263,8 +282,10 @@ def build_text_encoder(
     vocab: object | None = None,
     freeze_embeddings: bool = False,
     freeze: bool = False,
+    max_length: int = 128,
 ) -> nn.Module:
-    """``kind``: ``"lstm"`` (the paper's), ``"gru"`` or ``"minilm"``."""
+    """``kind``: ``"lstm"`` (the paper's), ``"gru"``, ``"minilm"``, ``"bert-base"`` (BERT-base shape, random
+    init, MiniLM's vocabulary) or the path of a local Hugging Face checkpoint directory."""
     if kind in ("lstm", "gru"):
         enc = RNNTextEncoder(
             vocab_size, word_dim, hidden, kind, heads, ffn, dropout, glove_path, vocab, freeze_embeddings
@@ -273,8 +294,14 @@ def build_text_encoder(
             enc.requires_grad_(False)
         return enc
     if kind == "minilm":
-        return MiniLMTextEncoder(hidden, freeze=freeze)
-    raise ValueError(f"unknown text_encoder {kind!r}; expected 'lstm', 'gru' or 'minilm'")
+        return MiniLMTextEncoder(hidden, freeze=freeze, max_length=max_length)
+    if kind == "bert-base":
+        return MiniLMTextEncoder(hidden, freeze=freeze, max_length=max_length, bert_config={})
+    if os.sep in kind or Path(kind).is_dir():
+        return MiniLMTextEncoder(hidden, freeze=freeze, max_length=max_length, source=kind)
+    raise ValueError(
+        f"unknown text_encoder {kind!r}; expected 'lstm', 'gru', 'minilm', 'bert-base' or a checkpoint directory"
+    )
 
 
 def words_to_columns(maps: Tensor, word_index: Tensor | None, num_words: int) -> Tensor:

@@ -21,6 +21,8 @@ Three implementations share one signature ``(x, weight, kernel_size, dilation=1,
   the channel sum of ``grad_out * shifted x``. Extra memory: one output-sized scratch buffer in backward.
 * :func:`laconv_reference` - ``F.unfold``, multiply, sum: obviously right, ``k*k`` times the memory.
   Tests and benchmarks only.
+* :func:`~langground.ops.dynamic_conv_export.laconv_export` - what :func:`laconv` runs while
+  ``torch.onnx.export`` traces a model: pad + ``k*k`` static slices, standard ONNX ops only.
 
 Files: this module holds the public API, the argument checks, the path choice (:func:`_path`) and the
 autograd / ``torch.compile`` plumbing; :mod:`~langground.ops.dynamic_conv_loop` the offset loop (``flat``
@@ -55,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from langground.ops.dynamic_conv_band import BAND_BUDGET, BAND_MAX_PIXELS_PER_TAP, band_margin
+from langground.ops.dynamic_conv_export import exporting, laconv_export
 from langground.ops.dynamic_conv_loop import REDUCED, accumulate, grad_weight, is_channels_last
 
 __all__ = ["laconv", "laconv_fast", "laconv_reference", "triton_available"]
@@ -257,6 +260,8 @@ def laconv(
     when ``triton`` imports; everything else the pure PyTorch fast path.
     """
     _check(x, weight, kernel_size, dilation)
+    if exporting():  # torch.onnx.export: standard ops only (no custom op needed at run time)
+        return laconv_export(x, weight, kernel_size, dilation, interleaved)
     if x.is_cuda and triton_available():
         from langground.ops._dynamic_conv_triton import laconv_triton
 

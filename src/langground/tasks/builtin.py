@@ -1,3 +1,3 @@
 """Importing this module registers the built-in tasks."""
 
-from langground.tasks import grounding, phrase, retrieval, vqa  # noqa: F401
+from langground.tasks import grounding, multitask, phrase, retrieval, vqa  # noqa: F401

@@ -9,6 +9,7 @@ Layout of the output directory (built in a temporary sibling directory, then ren
   no-target refs have ``ann_id`` / ``category_id`` ``[-1]`` and ``no_target`` true;
 - ``synth/refs(synth).p``: refer-toolkit layout (pickle protocol 2), the single-target refs only;
 - ``scenes.json`` / ``questions.json``: CLEVR layouts;
+- ``captions_{split}.json``: COCO captions layout, scene-graph descriptions (``synthetic/captions.py``);
 - ``dataset.json``: manifest (name, format version, seed, config, counts).
 
 Ids: image ids are ``index + 1``; annotation, ref and sentence ids count from 1 in image order;
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from langground.data.synthetic.captions import write_captions
 from langground.data.synthetic.config import SPLITS, SynthConfig
 from langground.data.synthetic.expressions import generate_expressions
 from langground.data.synthetic.questions import generate_questions
@@ -338,6 +340,7 @@ def generate_world(
             pickle.dump(json.loads(json.dumps(data["refs"])), f, protocol=2)
         _dump_json(tmp / "scenes.json", data["scenes"])
         _dump_json(tmp / "questions.json", data["questions"])
+        write_captions(tmp, results, config)  # captions_{split}.json: scene-graph captions (retrieval)
         with open(tmp / "dataset.json", "w", encoding="utf-8") as f:
             json.dump(data["manifest"], f, indent=2)
         umask = os.umask(0)
