@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from langground.engine.builders import build_dataset, make_loader, open_split
+from langground.engine.builders import Precision, build_dataset, make_loader, open_split
 from langground.engine.checkpoint import load_checkpoint
 from langground.engine.evaluate import iterate_outputs
-from langground.engine.builders import Precision
 from langground.engine.metrics.retrieval import retrieval_ranks
 
 KS = (1, 5, 10)
@@ -42,7 +41,9 @@ def recalls(rank_t2i: np.ndarray, rank_i2t: np.ndarray) -> dict[str, float]:
 def gallery(model, records, config, vocab):
     """ITC embeddings and the SLAN states of every image and text of ``records`` (grouped by image)."""
     config.data.group_by_image = True
-    loader = make_loader(build_dataset(records, config, None, train=False), vocab, config, config.run, batch_size=16)
+    loader = make_loader(
+        build_dataset(records, config, None, train=False), vocab, config, config.run, batch_size=16
+    )
     img_ids, img_emb, txt_img, txt_emb, states, texts = [], [], [], [], [], []
     for batch, outputs, recs in iterate_outputs(model, loader, torch.device("cpu"), Precision(None, False)):
         index = batch.text.image_index.tolist()
@@ -69,7 +70,9 @@ def itm_matrix(model, states, texts, pairs: list[tuple[int, int]]) -> dict[tuple
     words = torch.cat([pad(w) for w, _ in texts])
     masks = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in texts])
     flat = {k: torch.cat([s[k] for s in states]) for k in ("regions", "keep", "boxes")}
-    flat["features"] = [torch.cat([s["features"][i] for s in states]) for i in range(len(states[0]["features"]))]
+    flat["features"] = [
+        torch.cat([s["features"][i] for s in states]) for i in range(len(states[0]["features"]))
+    ]
     del img_rows, txt_rows
     out = {}
     for start in range(0, len(pairs), 256):

@@ -9,7 +9,7 @@ import pytest
 from langground.data import DatasetProtocol, dataset_spec, list_datasets
 from langground.engine.metrics import Evaluator
 from langground.tasks import list_tasks
-from langground.types import GroundingRecord, Prediction
+from langground.types import GroundingRecord, Phrase, Prediction
 
 UNC = ("train", "val", "testA", "testB")
 
@@ -27,8 +27,8 @@ EXPECTED = {
     "refcocog-google": (("rec", "res"), {"rec": 416, "res": 320}, ("train", "val"), ("val",), "single"),
     "referit": (("rec",), {"rec": 416}, ("train", "val", "test"), ("test",), "single"),
     "grefcoco": (("gres", "gref"), {"gres": 480, "gref": 480}, UNC, ("val", "testA", "testB"), "all"),
-    "flickr30k": (("rec",), {"rec": 416}, ("train", "val", "test"), ("val", "test"), "merged"),
-    "flickr30k-separate": (("rec",), {"rec": 416}, ("train", "val", "test"), ("val", "test"), "any"),
+    "flickr30k": (("rec", "phrase"), {"rec": 416, "phrase": 416}, ("train", "val", "test"), ("val", "test"), "merged"),
+    "flickr30k-separate": (("rec", "phrase"), {"rec": 416, "phrase": 416}, ("train", "val", "test"), ("val", "test"), "any"),
     "clevr-ref+": (("res", "rec"), {"res": 320, "rec": 416}, ("train", "val", "test"), ("val",), "merged"),
     "clevr": (("vqa",), {"vqa": 224}, ("train", "val", "test"), ("val",), "single"),
 }
@@ -60,6 +60,10 @@ EXPECTED["refclef-unc"] = (
     "single",
 )
 
+for _name in ("refcoco", "refcoco+", "refcocog", "refcocog-google", "referit-berkeley", "refclef-unc"):
+    _tasks, _sizes, *_rest = EXPECTED[_name]  # + recres (RefTR: REC and RES from one model) at 640
+    EXPECTED[_name] = ((*_tasks, "recres"), {**_sizes, "recres": 640}, *_rest)
+
 
 def test_every_registered_dataset_is_covered_here():
     assert set(list_datasets()) == set(BENCHMARK_OF)
@@ -72,7 +76,7 @@ def test_protocol_of_each_dataset(name):
     assert set(p.tasks) <= set(list_tasks()) and set(p.metrics) == set(p.tasks)
     assert set(p.eval_splits) <= set(p.splits)
     if name == "synth":  # no paper resolution to record: the presets choose
-        assert p.tasks == ("rec", "res", "gref", "gres", "vqa") and p.input_size == {} and " at " not in p.describe("rec")
+        assert p.tasks == ("rec", "res", "gref", "gres", "vqa", "recres", "phrase") and p.input_size == {} and " at " not in p.describe("rec")
         return
     assert set(p.input_size) == set(p.tasks)
     tasks, sizes, splits, eval_splits, box_match = EXPECTED[BENCHMARK_OF[name]]
@@ -89,6 +93,8 @@ def test_protocol_of_each_dataset(name):
         "gres": "gres/ciou",
         "gref": "grec/prec@f1",
         "vqa": "vqa/acc",
+        "recres": "rec/prec@0.5",
+        "phrase": "phrase/recall@1",
     }
     for task in p.tasks:
         assert p.metrics[task][0] == first[task]  # the headline number of the papers' tables
@@ -115,7 +121,10 @@ def _metric_keys() -> set[str]:
     ev.update(target, hit, m)
     ev.update(none, empty, np.zeros((8, 8), np.uint8))
     ev.update(question, Prediction(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), answer="yes"))
-    return set(ev.compute())
+    caption = GroundingRecord("4", 1, "x.jpg", (8, 8), "a b", phrases=(Phrase((0, 1), target.boxes),))
+    phrase = Evaluator(["phrase"])
+    phrase.update(caption, Prediction(hit.boxes, hit.scores, phrases=[hit]), None)
+    return set(ev.compute()) | set(phrase.compute())
 
 
 def test_protocol_metrics_are_keys_the_evaluator_computes():

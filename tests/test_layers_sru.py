@@ -90,7 +90,7 @@ def test_a_v1_state_dict_loads_and_runs_with_v1_semantics():
     model.load_state_dict(state)  # strict: same names, same shapes
     x = torch.randn(5, 2, n_in)
     h, c = model(x)
-    # v1's CPU path written out: u = x @ W viewed (T, B, d, k); c = (c - x~) * f + x~; h = (g(c) - x') * r + x'
+    # v1's CPU path: u = x @ W viewed (T, B, d, k); c = (c - x~) * f + x~; h = (g(c) - x') * r + x'
     prev = x
     for i in range(2):
         w, b = state[f"rnn_lst.{i}.weight"], state[f"rnn_lst.{i}.bias"]

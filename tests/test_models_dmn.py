@@ -263,3 +263,27 @@ def test_sru_inside_the_language_module_is_v1_layout():
         "lm.sru.rnn_lst.1.weight",
         "lm.sru.rnn_lst.1.bias",
     ]
+
+
+def test_plateau_schedule_divides_the_lr_after_patience_flat_epochs():
+    from langground.config import ScheduleConfig
+    from langground.engine.optim import PlateauLR, build_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-5)
+    sched = build_scheduler(opt, ScheduleConfig(name="plateau", patience=2, gamma=0.1), 100, 2)
+    assert isinstance(sched, PlateauLR)
+    lrs = []
+    # epoch mean losses: 1.0 (best), 0.5 (best), then 0.6, 0.55, 0.5 (no gain on 0.5): the 3rd bad epoch cuts
+    for loss in [1.0, 1.0, 0.5, 0.5, 0.6, 0.6, 0.55, 0.55, 0.5, 0.5, 0.7, 0.7]:
+        opt.step()
+        sched.step()
+        sched.observe(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[:10] == [1e-5] * 10
+    assert lrs[10:] == pytest.approx([1e-6] * 2)  # from the step after the 5th epoch ended
+    state = sched.state_dict()
+    assert state["scale"] == pytest.approx(0.1) and state["best"] == 0.5
+    again = build_scheduler(opt, ScheduleConfig(name="plateau"), 100, 2)
+    again.load_state_dict(state)
+    assert again.scale == pytest.approx(0.1) and again.bad_epochs == 1

@@ -51,7 +51,11 @@ def test_box_sampling_equals_torchvision_roi_align_and_passes_gradients_to_boxes
     ours = sample_embed(f, boxes)
     assert torch.allclose(ours, roi_embed(f, boxes.detach()), atol=1e-5)
     rows = torch.tensor([1, 1, 0])  # pairs reading other images' maps
-    assert torch.allclose(sample_embed(f, boxes[[0, 0, 1]].detach(), rows), roi_embed(f, boxes[[0, 0, 1]].detach(), rows), atol=1e-5)
+    assert torch.allclose(
+        sample_embed(f, boxes[[0, 0, 1]].detach(), rows),
+        roi_embed(f, boxes[[0, 0, 1]].detach(), rows),
+        atol=1e-5,
+    )
     ours.sum().backward()
     assert boxes.grad is not None and boxes.grad.abs().sum() > 0
 
@@ -122,7 +126,9 @@ def test_mlm_masks_fifteen_percent_of_real_tokens_and_never_padding():
     real = torch.ones_like(ids, dtype=torch.bool)
     real[:, 20:] = False  # padding
     ids[~real] = 0
-    masked, labels, sel = mask_tokens(ids, real, mask_id=50, vocab_size=50, generator=torch.Generator().manual_seed(0))
+    masked, labels, sel = mask_tokens(
+        ids, real, mask_id=50, vocab_size=50, generator=torch.Generator().manual_seed(0)
+    )
     assert not sel[:, 20:].any() and (labels[:, 20:] == -100).all()
     assert float(sel[:, :20].float().mean()) == pytest.approx(0.15, abs=0.01)
     assert (labels[sel] == ids[sel]).all() and (labels[~sel] == -100).all()
@@ -154,8 +160,13 @@ def test_itc_queue_state_round_trips_through_a_checkpoint(tmp_path):
     restored = QueueContrastive(dim=4, queue_size=5).train()
     restored.load_state_dict(torch.load(tmp_path / "itc.pt"))
     second = {k: v.flip(0) if v.dim() else v for k, v in out.items()}
-    assert float(module(second, _targets([0, 1, 1]))["loss_itc"]) == float(restored(second, _targets([0, 1, 1]))["loss_itc"])
-    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), restored.state_dict().values()))
+    assert float(module(second, _targets([0, 1, 1]))["loss_itc"]) == float(
+        restored(second, _targets([0, 1, 1]))["loss_itc"]
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(module.state_dict().values(), restored.state_dict().values(), strict=True)
+    )
     # the queue's rows are extra negatives: the loss with a filled queue differs from in-batch ITC
     in_batch = build_criterion("retrieval")(second, _targets([0, 1, 1]))["loss_itc"]
     assert float(restored(second, _targets([0, 1, 1]))["loss_itc"]) > float(in_batch)
@@ -268,7 +279,9 @@ def test_two_ranks_gather_queues_and_hard_negatives_like_one_process_with_the_do
         gi, ai, off = gathered_index(texts, images, index)
         ni, nt = hard_negatives(texts, images, texts, images, gi, ai, off, 8.0, "hardest")
         # the doubled batch's text and image means are the means of the two ranks' (equal counts)
-        assert float(loss) == pytest.approx((ranks[0]["steps"][step][0] + ranks[1]["steps"][step][0]) / 2, rel=1e-5)
+        assert float(loss) == pytest.approx(
+            (ranks[0]["steps"][step][0] + ranks[1]["steps"][step][0]) / 2, rel=1e-5
+        )
         assert ni.tolist() == ranks[0]["steps"][step][1] + ranks[1]["steps"][step][1]
         assert nt.tolist() == ranks[0]["steps"][step][2] + ranks[1]["steps"][step][2]
     sys.path.remove(str(tmp_path))

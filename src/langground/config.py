@@ -152,16 +152,18 @@ class ScheduleConfig:
 
     Attributes:
         name: ``cosine`` (decay to ``min_lr_ratio * lr`` at the last step), ``multistep`` (times ``gamma``
-            at each of ``milestones`` epochs) or ``constant``.
+            at each of ``milestones`` epochs), ``constant`` or ``plateau`` (times ``gamma`` when the
+            epoch's mean training loss has not improved for ``patience`` epochs: DMN §4.3).
         warmup_epochs: linear warm-up length in epochs (fractions allowed), from ``warmup_start * lr``.
     """
 
-    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    name: Literal["cosine", "multistep", "constant", "plateau"] = "cosine"
     warmup_epochs: float = 0.0
     warmup_start: float = 0.01
     min_lr_ratio: float = 0.0
     milestones: list[float] = field(default_factory=list)
     gamma: float = 0.1
+    patience: int = 2
 
 
 @dataclass
@@ -322,6 +324,7 @@ class Config:
             (0 < s.warmup_start <= 1, "schedule.warmup_start", s.warmup_start, "a number in (0, 1]"),
             (0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "a number in [0, 1]"),
             (s.gamma > 0, "schedule.gamma", s.gamma, "a positive number"),
+            (s.patience >= 0, "schedule.patience", s.patience, ">= 0 epochs"),
             (
                 t.input_size >= 32 and t.input_size % 32 == 0,
                 "transforms.input_size",

@@ -67,12 +67,29 @@ def bench(
     gated_expressions: int = typer.Option(
         16, "--expressions", min=1, help="Gated models: expressions (evenly spaced over --split) to average."
     ),
+    phrases: int = typer.Option(
+        None,
+        "--phrases",
+        help="Phrase models (RefTR): per-phrase latency, N phrases in one pass vs one each.",
+    ),
 ) -> None:
     """Parameters, MACs and FLOPs (papers' "FLOPs" are MACs), median latency and peak memory; for gated
     models (LADS) also the all-open supernet vs the mean extracted subnet over a split's expressions."""
     from langground.bench import benchmark_model
     from langground.bench.gated import gated_report, gated_rows
 
+    if phrases is not None:
+        from langground.bench.phrases import phrase_bench, phrase_rows
+
+        p = phrase_bench(model, phrases, size=size, threads=threads, warmup=warmup, runs=runs, device=device)
+        if json_out:
+            typer.echo(json.dumps(p.to_dict()))
+            return
+        ptable = Table(title=f"{p.model} · phrase queries · {p.size}x{p.size}", show_header=False)
+        for row in phrase_rows(p):
+            ptable.add_row(*row)
+        console.print(ptable)
+        return
     r = benchmark_model(
         model,
         task=task,

@@ -23,6 +23,7 @@ RES = ("res/oiou", "res/miou", "res/pr@0.5", "res/pr@0.6", "res/pr@0.7", "res/pr
 GRES = ("gres/ciou", "gres/giou", "gres/n_acc", "gres/t_acc")
 GREC = ("grec/prec@f1", "grec/n_acc", "grec/t_acc")
 VQA = ("vqa/acc",)
+PHRASE = ("phrase/recall@1",)  # Flickr30k Entities' Recall@1 (data.captions.PHRASE_METRICS)
 SIZES = {"rec": 416, "res": 320, "vqa": 224, "recres": 640}  # recres: RefTR trains at 640
 
 UNC_SPLITS = ("train", "val", "testA", "testB")
@@ -74,9 +75,9 @@ GREFCOCO = DatasetProtocol(
 )
 FLICKR_MERGED = DatasetProtocol(
     benchmark="Flickr30k Entities",
-    tasks=("rec",),
-    metrics={"rec": REC},
-    input_size={"rec": SIZES["rec"]},
+    tasks=("rec", "phrase"),  # phrase: every phrase of a caption in one pass (RefTR's multi-phrase mode)
+    metrics={"rec": REC, "phrase": PHRASE},
+    input_size={"rec": SIZES["rec"], "phrase": SIZES["rec"]},
     splits=("train", "val", "test"),
     eval_splits=("val", "test"),
     box_match="merged",
@@ -109,8 +110,16 @@ CLEVR = DatasetProtocol(
 )
 SYNTH = DatasetProtocol(
     benchmark="langground synthetic world",
-    tasks=("rec", "res", "gref", "gres", "vqa", "recres"),
-    metrics={"rec": REC, "res": RES, "gref": GREC, "gres": GRES, "vqa": VQA, "recres": REC + RES},
+    tasks=("rec", "res", "gref", "gres", "vqa", "recres", "phrase"),
+    metrics={
+        "rec": REC,
+        "res": RES,
+        "gref": GREC,
+        "gres": GRES,
+        "vqa": VQA,
+        "recres": REC + RES,
+        "phrase": PHRASE,
+    },
     input_size={},  # no paper resolution: the presets choose (the demo trains at 128)
     splits=("train", "val", "testA", "testB", "cogentB"),
     eval_splits=("val", "testA", "testB", "cogentB"),

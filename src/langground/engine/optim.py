@@ -11,11 +11,16 @@ The schedule is a ``LambdaLR`` stepped once per optimiser step: linear warm-up f
 ``warmup_start * lr`` over ``warmup_epochs``, then cosine decay to ``min_lr_ratio * lr`` at the last step,
 step decay by ``gamma`` at ``milestones`` (epochs), or constant. It scales every group's own base lr by
 the same factor. LaConvNet (§5.2): Adam, lr 1e-4, 3 warm-up epochs of 25, cosine decay.
+``plateau`` (:class:`PlateauLR`, DMN §4.3: "a scheduler that waits 2 epochs for loss stagnation to
+reduce the learning rate by a factor of 10") multiplies by ``gamma`` when the mean training loss of
+``patience`` epochs in a row has not improved on the best epoch (torch ``ReduceLROnPlateau``'s ``rel``
+threshold 1e-4); the training step feeds it each step's loss through ``observe``.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from fnmatch import fnmatchcase
 
@@ -26,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from langground.config import OptimConfig, ParamGroupConfig, ScheduleConfig
 from langground.errors import LanggroundError
 
-__all__ = ["build_optimizer", "build_scheduler", "group_lrs", "lr_factor", "param_groups"]
+__all__ = ["PlateauLR", "build_optimizer", "build_scheduler", "group_lrs", "lr_factor", "param_groups"]
 
 _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
 _SHOWN = 4  # parameter names quoted in an error
@@ -131,7 +136,38 @@ def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int, steps_per_epoch:
     return 1.0
 
 
+class PlateauLR(LambdaLR):
+    """Warm-up, then ``gamma ** k`` after the k-th plateau of the epoch mean loss given to :meth:`observe`."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int
+    ):
+        self.patience, self.gamma = int(cfg.patience), float(cfg.gamma)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.scale, self.best, self.bad_epochs, self.loss_sum, self.loss_count = 1.0, math.inf, 0, 0.0, 0
+        warm = dataclasses.replace(cfg, name="constant")
+        super().__init__(
+            optimizer, lambda step: lr_factor(step, warm, total_steps, steps_per_epoch) * self.scale
+        )
+
+    def observe(self, loss: float) -> None:
+        """One optimiser step's loss; at an epoch's last step, the plateau rule (used from the next step)."""
+        self.loss_sum, self.loss_count = self.loss_sum + float(loss), self.loss_count + 1
+        if self.loss_count < self.steps_per_epoch:
+            return
+        mean = self.loss_sum / self.loss_count
+        self.loss_sum, self.loss_count = 0.0, 0
+        if mean < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = mean, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.scale, self.bad_epochs = self.scale * self.gamma, 0
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int
 ) -> LambdaLR:
+    if cfg.name == "plateau":
+        return PlateauLR(optimizer, cfg, total_steps, steps_per_epoch)
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch))

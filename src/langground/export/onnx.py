@@ -194,7 +194,9 @@ def export_checkpoint(
             report = _export_static(graph, cases, tmp, names, opset, tolerance, threads, None)
         except ParityError as dynamic_error:
             # e.g. a recurrence unrolled by a Python loop over the words (DMN's SRU): the graph only
-            # works at the traced length; export at max_text_length and let the runtime pad.
+            # works at the traced length; export at max_text_length and let the runtime pad. A graph
+            # wrong at the traced shape itself is wrong, whatever the length: no retry.
+            check_parity(tmp, graph, cases[1:2], names, list(INPUTS), tolerance, threads)
             fixed = int(model.max_text_length)
             try:
                 report = _export_static(graph, cases, tmp, names, opset, tolerance, threads, fixed)

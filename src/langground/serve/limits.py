@@ -79,7 +79,7 @@ class BodyLimitMiddleware:
 async def _send_error(send: Any, status: int, message: str) -> None:
     import json
 
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()  # as JSONResponse writes it
     await send(
         {
             "type": "http.response.start",
