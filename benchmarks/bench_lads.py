@@ -14,8 +14,14 @@ Supernet = the all-open pattern through the same static path (BN2 folded like ev
 differ only in what is pruned. Median of ``--repeats`` (5) rounds; subnet, supernet and plain runs alternate. The supernet stays
 cached (it never pays a build); ``latency_ratio_vs_plain`` compares with the plain unsliced model.
 
+Expressions: ``--data D --split S`` averages over ``--expressions`` evenly spaced expressions of a split
+(default: the fixed list below). Gates: ``--checkpoint RUN`` uses a trained model's own gates on those
+expressions (its weights, vocabulary and input size); otherwise each expression gets a random pattern at the
+keep rates above.
+
     python benchmarks/bench_lads.py --json                       # lads_r50, 512^2, 2 threads
     python benchmarks/bench_lads.py --model lads_t --size 128    # quick
+    python benchmarks/bench_lads.py --checkpoint runs/lads-t --data data/synth --split testA --json
 """
 
 from __future__ import annotations
@@ -123,21 +129,54 @@ def main() -> None:
     ap.add_argument("--keep-fusion", type=float, default=10 / 12)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--filter-multiple", type=int, default=None, help="override LADS.filter_multiple")
+    ap.add_argument("--checkpoint", default=None, help="a trained LADS: its own gates, not forced ones")
+    ap.add_argument("--data", default=None, help="dataset root: expressions of --split")
+    ap.add_argument("--split", default=None)
+    ap.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's, else synth)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model(args.model, input_size=args.size).eval().to(args.device)
+    vocab, source = None, "fixed expressions"
+    if args.checkpoint:
+        from langground.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        model, vocab, data_cfg = ckpt.model, ckpt.vocab, ckpt.config.data
+        args.size, args.model = int(model.input_size), ckpt.config.model.name
+    else:
+        from langground.config import DataConfig
+
+        model, data_cfg = create_model(args.model, input_size=args.size), DataConfig(dataset="synth")
+    model = model.eval().to(args.device)
     if args.filter_multiple is not None:
         model.filter_multiple = args.filter_multiple
     images = torch.randn(1, 3, args.size, args.size, device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    texts = [_text(s) for s in (EXPRESSIONS * 4)[: args.expressions]]
+    if args.data:
+        from langground.bench.gated import expression_batches, split_expressions
+
+        if args.dataset:
+            data_cfg.dataset, data_cfg.open_kwargs = args.dataset, {}
+        sentences, source = split_expressions(data_cfg, args.data, args.split, args.expressions)
+        texts = expression_batches(sentences, vocab, model.max_text_length, model.vocab_size)
+    elif vocab is not None:
+        texts = [vocab.batch([s], model.max_text_length) for s in (EXPRESSIONS * 4)[: args.expressions]]
+    else:
+        texts = [_text(s) for s in (EXPRESSIONS * 4)[: args.expressions]]
     u, c = model.gating.num_units, sum(model.gating.filters)
     full = Gates(torch.ones(1, u), torch.ones(1, c))
-    patterns = [
-        _pattern(model, i, args.keep_layers, args.keep_filters, args.keep_fusion) for i in range(len(texts))
-    ]
+    if args.checkpoint:  # the trained Gating Network's own (evaluation) gates
+        patterns = []
+        for t in texts:
+            g, _ = model.explain_gates(t.to(args.device))
+            patterns.append(Gates(g.layer.cpu(), g.filter.cpu()))
+    else:
+        patterns = [
+            _pattern(model, i, args.keep_layers, args.keep_filters, args.keep_fusion)
+            for i in range(len(texts))
+        ]
+    texts = [t.to(args.device) for t in texts]
 
     full_key = (
         torch.ones(u, dtype=torch.uint8).numpy().tobytes(),
@@ -163,6 +202,7 @@ def main() -> None:
             _plain(model, images, texts[0])
         for text, gates in zip(texts, patterns, strict=True):
             flops, executed = _flops(model, images, text, gates), _flops(model, images, text, gates, True)
+            text_super = _flops(model, images, text, full)  # per expression: lengths differ
             run(text, full, cold=False)  # the supernet back in the cache (counting cleared it)
             tokens, mask = model.encode_text(text)
             t0 = time.perf_counter()
@@ -181,8 +221,8 @@ def main() -> None:
             )
             rows.append(
                 {
-                    "flops_ratio": flops / super_flops,
-                    "executed_flops_ratio": executed / super_flops,
+                    "flops_ratio": flops / text_super,
+                    "executed_flops_ratio": executed / text_super,
                     "subnet_ms": sub_s * 1e3,
                     "supernet_ms": super_s * 1e3,
                     "plain_ms": plain_s * 1e3,
@@ -203,6 +243,8 @@ def main() -> None:
         "threads": args.threads,
         "device": args.device,
         "expressions": len(rows),
+        "expressions_from": source,
+        "gates_from": args.checkpoint or "random patterns at the keep rates",
         "supernet_gflops": super_flops / 1e9,
         "flops_ratio": mean("flops_ratio"),  # the bar's: FLOPs of the kept units only
         "executed_flops_ratio": mean("executed_flops_ratio"),  # incl. zero filters padding widths

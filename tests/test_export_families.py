@@ -50,8 +50,8 @@ def test_static_family_exports_within_1e_4(family, tmp_path):
     ckpt, out = trained_checkpoint(tmp_path / "ckpt", name), tmp_path / f"{name}.onnx"
     result = export_checkpoint(ckpt, out, threads=1)  # raises ParityError over 1e-4
     diff, spread = result.reports[0].max_abs_diff, result.reports[0].spread
-    print(f"\n{name}/{read_sidecar(sidecar_path(out)).task}: {result.reports[0].line()}")  # pytest -s shows it
     meta = read_sidecar(sidecar_path(out))
+    print(f"\n{name}/{meta.task}: {result.reports[0].line()}")  # shown with pytest -s
     assert meta.parity == diff and max(diff.values()) <= 1e-4, diff
     # the diffs mean something: PyTorch's outputs for different inputs lie far further apart
     main = [k for k in ("pred_boxes", "pred_masks", "pred_answer", "pred_text_embed") if k in diff]

@@ -116,7 +116,7 @@ def test_explain_gives_the_querys_attention_over_the_image_per_decoder_layer():
         att = model(torch.randn(2, 3, SIZE, SIZE), _text(2, 5))["aux"]["attention"]
     assert list(att) == ["decoder1", "decoder2", "decoder3"]
     for maps in att.values():
-        assert maps.shape == (2, 5, 2, 2)  # a map per word column (the one query's), C5 grid
+        assert maps.shape == (2, 5, 4, 4)  # a map per word column (the one query's), C5 grid (stride 16)
         assert torch.equal(maps[:, 0], maps[:, 4]) and (maps >= 0).all()
         assert (maps.sum((-1, -2)) <= 1 + 1e-5).all()  # the share of attention on visual tokens
 
@@ -137,15 +137,16 @@ def test_onnx_export_of_rec_and_res_matches_pytorch(tmp_path):
     wrapper = BoxAndMask(model).eval()
     text = _text(2, 5)
     path = tmp_path / "reftr_t.onnx"
-    n, length = torch.export.Dim("n", max=64), torch.export.Dim("length", max=20)
-    torch.onnx.export(
+    axes = {"images": {0: "n"}, "ids": {0: "n", 1: "length"}, "mask": {0: "n", 1: "length"}}
+    torch.onnx.export(  # the TorchScript exporter: ~10x faster to run here than dynamo=True
         wrapper,
         (torch.randn(2, 3, SIZE, SIZE), text.token_ids, text.attention_mask),
         str(path),
         input_names=["images", "ids", "mask"],
         output_names=["boxes", "masks"],
-        dynamic_shapes={"images": {0: n}, "ids": {0: n, 1: length}, "mask": {0: n, 1: length}},
-        dynamo=True,
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch, words in ((3, 7), (1, 2)):

@@ -249,3 +249,25 @@ def test_random_letterbox_scales_the_long_side_and_records_its_inverse():
     assert not any(
         isinstance(s, RandomLetterbox) for s in build_transforms(TransformConfig(64), False).transforms
     )
+
+
+def test_words_explain_mode_gives_each_word_its_own_map_with_sub_words_averaged():
+    model = _tiny(explain="words")
+    with torch.no_grad():
+        maps = model(torch.randn(2, 3, SIZE, SIZE), _text(2, 4))["aux"]["attention"]
+    att = maps["vl1"]  # row 1 has 2 real words of 4
+    torch.testing.assert_close(att[0].sum((-1, -2)), torch.ones(4))
+    torch.testing.assert_close(att[1].sum((-1, -2)), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert not torch.allclose(att[0, 0], att[0, 1])
+    # a sub-word encoder: tokens [CLS] a a' b [SEP] -> words a (two sub-words, averaged) and b
+    lt, hw = 5, 4
+    probs = torch.zeros(1, 1, 1 + lt + hw, 1 + lt + hw)
+    for t, cell in enumerate([0, 1, 2, 3, 0]):
+        probs[0, 0, 1 + t, 1 + lt + cell] = 1.0
+    mask = torch.ones(1, lt, dtype=torch.bool)
+    word_index = torch.tensor([[-1, 0, 0, 1, -1]])
+    out = model.explain_maps([probs], mask, word_index, 2, 2, words=3)["vl1"]
+    expected = torch.tensor([[[0.0, 0.5], [0.5, 0.0]], [[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    torch.testing.assert_close(out[0], expected)
+    with pytest.raises(LanggroundError, match="explain must be 'reg' or 'words'"):
+        _tiny(explain="heads")

@@ -428,6 +428,54 @@ def test_cli_serve_wires_settings_and_env_api_key(ckpt, scene, monkeypatch):
         assert info["limits"]["max_batch"] == 3 and info["limits"]["max_pixels"] == 99
 
 
+def test_cli_serve_workers_hand_their_spec_to_the_factory(ckpt, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from langground.cli import _mount, app
+    from langground.cli.serve import SPEC_ENV, app_from_env
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: captured.update(target=target, **kw))
+    monkeypatch.setenv(SPEC_ENV, "{}")  # recorded: the command overwrites it, the test restores it
+    _mount()
+    res = CliRunner().invoke(app, ["serve", str(ckpt), "--workers", "2", "--max-expressions", "5"])
+    assert res.exit_code == 0, res.output
+    assert captured["target"] == "langground.cli.serve:app_from_env" and captured["factory"] is True
+    assert captured["workers"] == 2 and captured["timeout_worker_healthcheck"] >= 60
+    with TestClient(app_from_env()) as c:  # what each worker process builds
+        assert c.get("/v1/model").json()["limits"]["max_expressions"] == 5
+
+
+def test_batcher_close_finishes_queued_jobs_then_refuses():
+    import asyncio
+
+    from langground.serve.batching import DynamicBatcher
+    from langground.serve.limits import ApiError
+
+    calls: list[list[int]] = []
+
+    def run(jobs):
+        time.sleep(0.05)  # a forward pass
+        calls.append([j.payload for j in jobs])
+        return [j.payload * 10 for j in jobs]
+
+    async def scenario():
+        batcher = DynamicBatcher(run, max_batch=2, max_wait_s=0.0)
+        await batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(i, 1)) for i in range(5)]
+        await asyncio.sleep(0)  # all five queued
+        await batcher.close()
+        results = [await p for p in pending]
+        with pytest.raises(ApiError) as refused:
+            await batcher.submit(9, 1)
+        return results, refused.value.status
+
+    results, status = asyncio.run(scenario())
+    assert results == [0, 10, 20, 30, 40] and status == 503
+    assert sorted(i for c in calls for i in c) == [0, 1, 2, 3, 4] and max(map(len, calls)) == 2
+
+
 def test_cli_without_the_serve_extra_says_which_to_install(ckpt, monkeypatch):
     from typer.testing import CliRunner
 

@@ -167,6 +167,9 @@ def serve(
     }
     if workers > 1:
         os.environ[SPEC_ENV] = json.dumps(spec)
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # each worker imports torch and loads the model before it answers the supervisor's pings
+            options["timeout_worker_healthcheck"] = 120
         uvicorn.run("langground.cli.serve:app_from_env", factory=True, workers=workers, **options)
         return
     app = build_app(spec)  # a bad checkpoint: one line, exit 2, before the port is bound

@@ -159,8 +159,11 @@ def check_parity(
                 report.spread[name] = max(report.spread.get(name, 0.0), float(np.abs(r - r[:1]).max()))
     worst = max(report.max_abs_diff, key=lambda k: report.max_abs_diff[k])
     if report.max_abs_diff[worst] > tolerance:
+        hint = ""
+        if worst == "pred_boxes" and report.max_abs_diff.get("pred_box_logits", 1.0) <= tolerance:
+            hint = "; pred_box_logits agree: a near-tie for the best box (an untrained head?)"
         raise ParityError(
             f"{path}: parity check FAILED: {worst} max abs diff {report.max_abs_diff[worst]:.3e} > tolerance "
-            f"{tolerance:g} (onnxruntime vs PyTorch; {report.line()})"
+            f"{tolerance:g} (onnxruntime vs PyTorch; {report.line()}{hint})"
         )
     return report

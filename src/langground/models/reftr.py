@@ -23,7 +23,7 @@ variant    backbone     text              d / heads / ffn   enc / dec    input
 =========  ===========  ================  ================  ===========  =====
 reftr_r50  ResNet-50    MiniLM-L6         256 / 8 / 2048    6 / 6        640
 reftr_r101 ResNet-101   MiniLM-L6         256 / 8 / 2048    6 / 6        640
-reftr_t    ResNet 1-1-1-1, widths 16-128  words (2 layers)  64 / 4 / 128   3 / 3   128
+reftr_t    ResNet 1-1-1-1 (16-128, DC5)  words (2 layers)  64 / 4 / 128   3 / 3   128
 =========  ===========  ================  ================  ===========  =====
 
 ``reftr_t`` is ours (CPU / synthetic world). Sources of every choice: docs/fidelity.md ("RefTR").
@@ -296,7 +296,8 @@ _R50: dict[str, Any] = {}
 _R101: dict[str, Any] = {"backbone": "resnet101"}
 _T: dict[str, Any] = {
     "backbone": "resnet18",
-    "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]},
+    # C5 dilated to stride 16 (DETR-DC5): 8x8 visual tokens at 128^2 instead of 4x4
+    "backbone_kwargs": {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "output_stride": 16},
     "input_size": 128,
     "max_text_length": 20,
     "vocab_size": 100,

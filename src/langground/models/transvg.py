@@ -17,8 +17,8 @@ transvg_t       ResNet, widths      word BERT 2x64        64/4/128      2       
 ==============  ==================  ====================  ============  ======  ====  =====
 
 ``aux["attention"]``: per VL layer, the [REG] token's attention over the visual tokens (heads averaged,
-renormalised over the visual tokens), the same map for every word column. Sources: docs/fidelity.md
-("TransVG").
+renormalised over the visual tokens), the same map for every word column; ``explain="words"`` shows each
+word's own attention over the image instead. Sources: docs/fidelity.md ("TransVG").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from langground.layers.detr_encoder import PostNormEncoder
 from langground.layers.position import PositionEmbeddingSine2d
 from langground.models.backbones import build_backbone
 from langground.models.base import GroundingModel
-from langground.models.text_encoders import TextFeatures, build_text_encoder
+from langground.models.text_encoders import TextFeatures, build_text_encoder, words_to_columns
 from langground.registry import register_model
 from langground.types import TextBatch
 
@@ -67,8 +67,11 @@ class TransVGConfig:
     detr_layers: int = 6
     vl_layers: int = 6
     dropout: float = 0.1
+    explain: str = "reg"  # aux["attention"]: "reg" ([REG]'s map per layer) | "words" (each word's map)
 
     def __post_init__(self) -> None:
+        if self.explain not in ("reg", "words"):
+            raise LanggroundError(f"explain must be 'reg' or 'words', got {self.explain!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
         if self.input_size % 32:
@@ -168,11 +171,13 @@ class TransVG(GroundingModel):
         v, _ = self.detr_encoder(v.flatten(2).transpose(1, 2), pos)
         return self.visu_proj(v), h, w
 
-    def encode_text(self, text: TextBatch) -> tuple[Tensor, Tensor]:
-        """``(N, L_t, dim)`` tokens and their ``(N, L_t)`` bool mask, at most ``max_text_tokens`` long."""
+    def encode_text(self, text: TextBatch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(N, L_t, dim)`` tokens, their ``(N, L_t)`` bool mask and word column (``None``: the tokens are
+        the words), at most ``max_text_tokens`` long."""
         feats = self.text_encoder(text)
         n = self.config.max_text_tokens
-        return feats.tokens[:, :n], feats.mask[:, :n]
+        index = None if feats.word_index is None else feats.word_index[:, :n]
+        return feats.tokens[:, :n], feats.mask[:, :n], index
 
     def position_embedding(self, text_len: int, h: int, w: int) -> Tensor:
         """[REG], the first ``text_len`` text slots and the visual slots, resized when the grid is not
@@ -190,7 +195,7 @@ class TransVG(GroundingModel):
         visual, h, w = self.encode_image(images)  # each distinct image once
         if text.image_index is not None:
             visual = visual.index_select(0, text.image_index.to(visual.device))
-        tokens, mask = self.encode_text(text)
+        tokens, mask, word_index = self.encode_text(text)
         n, lt = tokens.shape[:2]
         reg = self.reg_token.expand(n, -1, -1).to(visual.dtype)
         x = torch.cat([reg, tokens.to(visual.dtype), visual], 1)
@@ -198,20 +203,30 @@ class TransVG(GroundingModel):
         pos = self.position_embedding(lt, h, w)[None].to(visual.dtype)
         x, maps = self.vl_encoder(x, pos, pad)
         boxes = self.box_head(x[:, 0]).sigmoid()
-        return {"pred_boxes": boxes, "aux": {"attention": self.reg_attention(maps, lt, h, w, text)}}
+        attention = self.explain_maps(maps, mask, word_index, h, w, text.token_ids.shape[1])
+        return {"pred_boxes": boxes, "aux": {"attention": attention}}
 
-    def reg_attention(
-        self, maps: list[Tensor], lt: int, h: int, w: int, text: TextBatch
+    def explain_maps(
+        self, maps: list[Tensor], mask: Tensor, word_index: Tensor | None, h: int, w: int, words: int
     ) -> dict[str, Tensor]:
-        """``{"vl<i>": (N, L_words, h, w)}``: [REG]'s attention over the visual tokens in VL layer i
-        (heads averaged, renormalised to sum to 1 over the image), the same map in every word column:
-        [REG] is one query for the whole expression."""
-        words = text.token_ids.shape[1]
+        """``{"vl<i>": (N, words, h, w)}`` per VL layer i: attention over the visual tokens (heads averaged,
+        renormalised to sum to 1 over the image). ``explain="reg"``: [REG]'s map, the query the box is read
+        from, in every word column; ``"words"``: each word's own map (its sub-words averaged)."""
+        lt = mask.shape[1]
         out = {}
         for i, probs in enumerate(maps, 1):
-            a = probs.detach()[:, :, 0, 1 + lt :].mean(1)  # (N, h*w)
-            a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
-            out[f"vl{i}"] = a.reshape(-1, 1, h, w).expand(-1, words, -1, -1)
+            rows = slice(0, 1) if self.config.explain == "reg" else slice(1, 1 + lt)
+            a = probs.detach()[:, :, rows, 1 + lt :].mean(1)  # (N, rows, h*w)
+            a = (a / a.sum(-1, keepdim=True).clamp_min(1e-12)).reshape(a.shape[0], -1, h, w)
+            if self.config.explain == "reg":
+                out[f"vl{i}"] = a.expand(-1, words, -1, -1)
+                continue
+            a = a * mask[:, :, None, None].to(a.dtype)  # padding queries show nothing
+            if word_index is None:  # the tokens are the words (cut at max_text_tokens)
+                out[f"vl{i}"] = F.pad(a, (0, 0, 0, 0, 0, words - lt))
+            else:
+                count = words_to_columns(mask[:, :, None, None].to(a.dtype), word_index, words)
+                out[f"vl{i}"] = words_to_columns(a, word_index, words) / count.clamp_min(1.0)
         return out
 
 
