@@ -1,4 +1,5 @@
-"""Every static model family in the registry exports to ONNX with parity <= 1e-4 (fp32) against PyTorch.
+"""Every static model family in the registry exports to ONNX with parity <= 1e-4 (fp32) against PyTorch
+(absolute within +-1, relative for larger raw logits: ``check_parity``).
 
 Parametrised over the registry, so a family that lands later is covered without editing this file; a
 family that fails to export fails here (never a skip).
@@ -52,7 +53,10 @@ def test_static_family_exports_within_1e_4(family, tmp_path):
     diff, spread = result.reports[0].max_abs_diff, result.reports[0].spread
     meta = read_sidecar(sidecar_path(out))
     print(f"\n{name}/{meta.task}: {result.reports[0].line()}")  # shown with pytest -s
-    assert meta.parity == diff and max(diff.values()) <= 1e-4, diff
+    assert meta.parity == diff and max(meta.parity_relative.values()) <= 1e-4, meta.parity_relative
+    # what users read (normalised boxes, scores, embeddings) within 1e-4 absolute; raw logits relative
+    bounded = {"pred_boxes", "pred_scores", "pred_box_set", "pred_image_embed", "pred_text_embed"}
+    assert all(v <= 1e-4 for k, v in diff.items() if k in bounded), diff
     # the diffs mean something: PyTorch's outputs for different inputs lie far further apart
     main = [k for k in ("pred_boxes", "pred_masks", "pred_answer", "pred_text_embed") if k in diff]
     assert main and all(spread[k] > max(1e-4, 100 * diff[k]) for k in main), (diff, spread)

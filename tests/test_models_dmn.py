@@ -101,9 +101,9 @@ def test_ablation_switches_remove_what_table_1_removes():
     only_h = _tiny(r_with_embedding=False)
     assert only_h.lm.out_dim == 64 and only_h.lm.filters.in_features == 64  # r_t = h_t
     assert only_h.sm.comb_conv.in_channels == full.sm.comb_conv.in_channels - 64
-    assert _tiny(concat_r=False).sm.comb_conv.in_channels == 576 + 8 + 10  # [I_N, LOC, F_t]
+    assert _tiny(concat_r=False).sm.comb_conv.in_channels == 128 + 8 + 10  # [I_N, LOC, F_t]
     no_skip = _tiny(um_skips=False)
-    assert no_skip.um.convs[0].in_channels == 64 and full.um.convs[0].in_channels == 64 + 576
+    assert no_skip.um.convs[0].in_channels == 64 and full.um.convs[0].in_channels == 64 + 128
     assert sum(counts.values()) > sum(p.numel() for p in no_skip.parameters())
     with pytest.raises(LanggroundError, match="'only VM'"):
         _tiny("gres", use_language=False)

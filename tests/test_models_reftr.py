@@ -204,3 +204,17 @@ def test_unknown_option_is_a_one_line_error():
         create_model("reftr_t", task="rec", bogus=1)
     with pytest.raises(LanggroundError, match="query_context"):
         create_model("reftr_t", task="rec", query_context="max")
+
+
+def test_bench_phrases_times_one_pass_of_n_phrases_against_one_expression_each():
+    from langground.bench.phrases import caption, phrase_bench
+
+    text, queries, alone = caption(3, VOCAB)
+    assert text.tokens[0] == "the red cube and a small ball and the green cylinder".split()
+    assert queries.spans.tolist() == [[[0, 3], [4, 7], [8, 11]]] and alone.tokens == [["the", "red", "cube"]]
+    assert bool((text.token_ids < VOCAB).all()) and torch.equal(alone.token_ids, text.token_ids[:, :3])
+    r = phrase_bench("reftr_t", 3, size=SIZE, threads=1, warmup=1, runs=1, vocab_size=VOCAB, **TINY)
+    assert (r.phrases, r.size) == (3, SIZE) and r.multi_per_phrase_ms == pytest.approx(r.multi_ms / 3)
+    assert r.speedup == pytest.approx(r.single_ms / r.multi_per_phrase_ms)
+    with pytest.raises(LanggroundError, match="has no phrase queries"):
+        phrase_bench("lads_t", 2, runs=1, warmup=1)

@@ -297,7 +297,13 @@ def test_bad_input_classes_get_their_4xx(client, scene, tmp_path):
     (allowed / "scene.png").write_bytes(png_bytes(scene))
     (tmp_path / "secret.png").write_bytes(png_bytes(scene))
     (allowed / "escape.png").symlink_to(tmp_path / "secret.png")
-    c = client(allow_paths=[allowed], max_expressions=3, max_expression_chars=40, max_pixels=96 * 72)
+    c = client(
+        allow_paths=[allowed],
+        max_expressions=3,
+        max_expression_chars=40,
+        max_pixels=96 * 72,
+        max_explain_pixels=100,
+    )
     image = png_bytes(scene)
     b64 = base64.b64encode(image).decode()
     big = png_bytes(np.zeros((80, 100, 3), np.uint8))  # 8000 px > 96 x 72
@@ -327,6 +333,7 @@ def test_bad_input_classes_get_their_4xx(client, scene, tmp_path):
         ),
         (dict(files={"file": ("a.png", image, "image/png")}, data={"expressions": "x"}), 422, "'image'"),
         (multipart(image, "x", explain="maybe"), 422, "explain"),
+        (multipart(image, "x", explain="true"), 413, "--max-explain-pixels"),
         (multipart(b"", "x"), 400, "empty"),
     ]
     for kwargs, status, needle in cases:

@@ -115,6 +115,12 @@ def serve(
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", min=1, help="Largest image, in pixels, refused from its header (413)."
     ),
+    max_explain_pixels: int = typer.Option(
+        1_000_000,
+        "--max-explain-pixels",
+        min=1,
+        help="Largest image for explain (attention maps), in pixels.",
+    ),
     max_expressions: int = typer.Option(16, "--max-expressions", min=1, help="Expressions per request."),
     max_expression_chars: int = typer.Option(300, "--max-expression-chars", min=1, help="Characters each."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads per process."),
@@ -139,6 +145,7 @@ def serve(
         "allow_paths": [str(p) for p in allow_path],
         "max_body_bytes": int(max_body_mb * 2**20),
         "max_pixels": max_pixels,
+        "max_explain_pixels": max_explain_pixels,
         "max_expressions": max_expressions,
         "max_expression_chars": max_expression_chars,
     }

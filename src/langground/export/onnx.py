@@ -204,6 +204,7 @@ def export_checkpoint(
                 raise dynamic_error from None
         meta = base_metadata(ckpt, names, opset)
         meta.parity, meta.fixed_text_length = dict(report.max_abs_diff), fixed
+        meta.parity_relative = dict(report.max_scaled_diff)
         land(tmp, out, meta)
     finally:
         tmp.unlink(missing_ok=True)

@@ -46,6 +46,7 @@ class OnnxMetadata:
     expression: str | None = None  # subnet graphs: the expression they answer
     gate_pattern: str | None = None  # subnet graphs: sha1 of the hard gate pattern
     parity: dict[str, float] = field(default_factory=dict)  # output -> max abs diff at export
+    parity_relative: dict[str, float] = field(default_factory=dict)  # max |diff| / max(1, |torch|)
     langground_version: str = ""
     format: str = FORMAT
 

@@ -76,9 +76,18 @@ def gate_mutual_information(probs: Tensor) -> Tensor:
 class GatingNetwork(nn.Module):
     """Eq. 1-3: per-unit attention pooling over the tokens, a per-unit reduction ``W1^i`` shared by the
     unit's layer head ``W2^i`` and filter head ``W3^i``, GELU between. Head biases start at
-    ``init_logit`` (> 0), so every gate starts open (``P(ON) = sigmoid(init_logit)`` under the noise)."""
+    ``init_logit`` (> 0), so every gate starts open; the head weights are Xavier-initialised (the paper's
+    init of "the rest"), so the heads of one unit start in different directions (``head_init="small"``:
+    N(0, 0.01²), under which they stay parallel and the unit's filters open and close together)."""
 
-    def __init__(self, dim: int, filters: Sequence[int], hidden: int = 64, init_logit: float = 3.0):
+    def __init__(
+        self,
+        dim: int,
+        filters: Sequence[int],
+        hidden: int = 64,
+        init_logit: float = 3.0,
+        head_init: str = "xavier",
+    ):
         super().__init__()
         n = len(filters)
         self.filters = [int(c) for c in filters]
@@ -86,13 +95,23 @@ class GatingNetwork(nn.Module):
         self.embed = nn.Parameter(torch.randn(n, dim) * dim**-0.5)  # e_i of Eq. 1
         self.w1 = nn.Parameter(torch.randn(n, dim, hidden) * dim**-0.5)
         self.b1 = nn.Parameter(torch.zeros(n, hidden))
-        self.w2 = nn.Parameter(torch.randn(n, hidden) * 0.01)
-        self.b2 = nn.Parameter(torch.full((n,), float(init_logit)))
         total = sum(self.filters)
-        self.w3 = nn.Parameter(torch.randn(total, hidden) * 0.01)
+        self.w2 = nn.Parameter(torch.empty(n, hidden))
+        self.b2 = nn.Parameter(torch.full((n,), float(init_logit)))
+        self.w3 = nn.Parameter(torch.empty(total, hidden))
         self.b3 = nn.Parameter(torch.full((total,), float(init_logit)))
         owner = [i for i, c in enumerate(self.filters) for _ in range(c)]
         self.register_buffer("owner", torch.tensor(owner, dtype=torch.long), persistent=False)
+        with torch.no_grad():
+            if head_init == "xavier":  # the paper's "Xavier for the rest": W2^i (1 x d_h), W3^i (c_i x d_h)
+                self.w2.uniform_(-1, 1).mul_((6 / (hidden + 1)) ** 0.5)
+                bound = torch.tensor([(6 / (self.filters[i] + hidden)) ** 0.5 for i in owner])
+                self.w3.uniform_(-1, 1).mul_(bound[:, None])
+            elif head_init == "small":  # near-identical heads: they learn in lock-step (docs/lads.md)
+                self.w2.normal_(0, 0.01)
+                self.w3.normal_(0, 0.01)
+            else:
+                raise ValueError(f"head_init must be 'xavier' or 'small', got {head_init!r}")
 
     @property
     def num_units(self) -> int:

@@ -13,7 +13,7 @@ expression segmentation.
 variant     backbone       WE / SRU    K filters    SM / mSRU     UM widths    input
 ==========  =============  ==========  ===========  ============  ===========  =====
 dmn         dpn92          1000/1000   10           1000 / 1000   512 .. 32    512
-dmn_t       mnv3-small     64 / 64     10           64 / 64       64 .. 8      128
+dmn_t       resnet18 thin  64 / 64     10           64 / 64       64 .. 8      128
 ==========  =============  ==========  ===========  ============  ===========  =====
 
 Table 1 ablations: ``use_language=False`` (only VM), ``r_with_embedding=False`` (only h_t),
@@ -229,7 +229,8 @@ _FIELDS = {f.name for f in dataclasses.fields(DMNConfig)}
 
 _PAPER: dict[str, Any] = {}
 _T: dict[str, Any] = {
-    "backbone": "mobilenetv3_small_100",
+    "backbone": "resnet18",
+    "backbone_kwargs": {"channels": [32, 64, 96, 128]},
     "input_size": 128,
     "vocab_size": 100,
     "emb_dim": 64,
@@ -258,5 +259,5 @@ def dmn(**kwargs: Any) -> DMN:
 
 @register_model
 def dmn_t(**kwargs: Any) -> DMN:
-    """Tiny DMN for the synthetic world on CPU (ours): timm MobileNetV3-S, 64-d language and mSRU, 128^2."""
+    """Tiny DMN for the synthetic world on CPU (ours): a thin timm ResNet-18, 64-d language and mSRU, 128^2."""
     return _build(_T, kwargs)

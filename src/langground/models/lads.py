@@ -76,6 +76,9 @@ class LADSConfig:
     dropout: float = 0.1
     gate_hidden: int = 64  # d_h of Eq. 3
     gate_init: float = 3.0  # head bias: every gate starts open
+    gate_head_init: str = (
+        "xavier"  # W2 / W3: "xavier" (the paper's init of the rest) | "small" (N(0, 0.01^2))
+    )
     execution: str = "subnet"  # eval: "subnet" (skip closed units) | "masked" (Eq. 6-7 reference)
     gates: str = (
         "learned"  # "learned" (the Gating Network) | "open" (every gate forced open: the plain supernet)
@@ -130,7 +133,7 @@ class LADS(GroundingModel):
         self.box_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
         filters = [self.backbone.get_submodule(n).conv2.out_channels for n in self.gated_blocks]
         self.gating = GatingNetwork(
-            d, filters + [0] * (2 * cfg.fusion_layers), cfg.gate_hidden, cfg.gate_init
+            d, filters + [0] * (2 * cfg.fusion_layers), cfg.gate_hidden, cfg.gate_init, cfg.gate_head_init
         )
         self._offsets = [0]
         for c in filters:

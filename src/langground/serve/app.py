@@ -71,6 +71,7 @@ def model_info(grounder: Any, settings: ServeSettings) -> dict[str, Any]:
             "max_wait_ms": settings.max_wait_ms,
             "max_body_bytes": settings.max_body_bytes,
             "max_pixels": settings.max_pixels,
+            "max_explain_pixels": settings.max_explain_pixels,
             "max_expressions": settings.max_expressions,
             "max_expression_chars": settings.max_expression_chars,
         },
@@ -174,6 +175,13 @@ def create_app(grounder: Any, settings: ServeSettings | None = None) -> FastAPI:
         except LanggroundError as e:
             raise ApiError(422, str(e)) from None
         image = await run_in_threadpool(open_image, parsed.image, settings)
+        if options.explain and image.width * image.height > settings.max_explain_pixels:
+            raise ApiError(
+                413,
+                f"explain on a {image.width}x{image.height} image: over the limit of "
+                f"{settings.max_explain_pixels:,} pixels for attention maps (--max-explain-pixels); "
+                "downscale it or leave explain off",
+            )
         notes = _caught(lambda: check_expressions(texts, grounder.max_text_length))
         out = await batcher.submit(Job(image, texts, options, config), len(texts), key=options)
         notes += _caught(

@@ -25,6 +25,8 @@ class ServeSettings:
         max_body_bytes: request bodies above this are refused (413) before they are read in full.
         max_pixels: images with more pixels are refused (413) from their header, before decoding;
             PIL's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``) also answers 413.
+        max_explain_pixels: ``explain`` requests on larger images are refused (413): their attention maps
+            are float arrays of the image's size, per word and stage.
         max_expressions: expressions (or questions) per request.
         max_expression_chars: characters per expression.
         attention_stages: ``explain`` returns the attention maps of this many last stages.
@@ -39,6 +41,7 @@ class ServeSettings:
     allow_paths: list[Path] = field(default_factory=list)
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
+    max_explain_pixels: int = 1_000_000
     max_expressions: int = 16
     max_expression_chars: int = 300
     attention_stages: int = 2
@@ -50,6 +53,7 @@ class ServeSettings:
             "max_batch": self.max_batch,
             "max_body_bytes": self.max_body_bytes,
             "max_pixels": self.max_pixels,
+            "max_explain_pixels": self.max_explain_pixels,
             "max_expressions": self.max_expressions,
             "max_expression_chars": self.max_expression_chars,
             "attention_stages": self.attention_stages,
