@@ -27,8 +27,20 @@ EXPECTED = {
     "refcocog-google": (("rec", "res"), {"rec": 416, "res": 320}, ("train", "val"), ("val",), "single"),
     "referit": (("rec",), {"rec": 416}, ("train", "val", "test"), ("test",), "single"),
     "grefcoco": (("gres", "gref"), {"gres": 480, "gref": 480}, UNC, ("val", "testA", "testB"), "all"),
-    "flickr30k": (("rec", "phrase"), {"rec": 416, "phrase": 416}, ("train", "val", "test"), ("val", "test"), "merged"),
-    "flickr30k-separate": (("rec", "phrase"), {"rec": 416, "phrase": 416}, ("train", "val", "test"), ("val", "test"), "any"),
+    "flickr30k": (
+        ("rec", "phrase"),
+        {"rec": 416, "phrase": 416},
+        ("train", "val", "test"),
+        ("val", "test"),
+        "merged",
+    ),
+    "flickr30k-separate": (
+        ("rec", "phrase"),
+        {"rec": 416, "phrase": 416},
+        ("train", "val", "test"),
+        ("val", "test"),
+        "any",
+    ),
     "clevr-ref+": (("res", "rec"), {"res": 320, "rec": 416}, ("train", "val", "test"), ("val",), "merged"),
     "clevr": (("vqa",), {"vqa": 224}, ("train", "val", "test"), ("val",), "single"),
 }
@@ -76,7 +88,8 @@ def test_protocol_of_each_dataset(name):
     assert set(p.tasks) <= set(list_tasks()) and set(p.metrics) == set(p.tasks)
     assert set(p.eval_splits) <= set(p.splits)
     if name == "synth":  # no paper resolution to record: the presets choose
-        assert p.tasks == ("rec", "res", "gref", "gres", "vqa", "recres", "phrase") and p.input_size == {} and " at " not in p.describe("rec")
+        assert p.tasks == ("rec", "res", "gref", "gres", "vqa", "recres", "phrase")
+        assert p.input_size == {} and " at " not in p.describe("rec")
         return
     assert set(p.input_size) == set(p.tasks)
     tasks, sizes, splits, eval_splits, box_match = EXPECTED[BENCHMARK_OF[name]]

@@ -52,7 +52,7 @@ def test_static_family_exports_within_1e_4(family, tmp_path):
     result = export_checkpoint(ckpt, out, threads=1)  # raises ParityError over 1e-4
     diff, spread = result.reports[0].max_abs_diff, result.reports[0].spread
     meta = read_sidecar(sidecar_path(out))
-    print(f"\n{name}/{meta.task}: {result.reports[0].line()}")  # shown with pytest -s
+    print(f"\n{name}/{meta.task}: {result.approach}; {result.reports[0].line()}")  # shown with pytest -s
     assert meta.parity == diff and max(meta.parity_relative.values()) <= 1e-4, meta.parity_relative
     # what users read (normalised boxes, scores, embeddings) within 1e-4 absolute; raw logits relative
     bounded = {"pred_boxes", "pred_scores", "pred_box_set", "pred_image_embed", "pred_text_embed"}

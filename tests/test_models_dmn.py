@@ -287,3 +287,45 @@ def test_plateau_schedule_divides_the_lr_after_patience_flat_epochs():
     again = build_scheduler(opt, ScheduleConfig(name="plateau"), 100, 2)
     again.load_state_dict(state)
     assert again.scale == pytest.approx(0.1) and again.bad_epochs == 1
+
+
+def test_mask_threshold_sweep_worked_out_by_hand():
+    import numpy as np
+
+    from langground.engine.metrics.threshold_sweep import DMN_GRID, MaskThresholdSweep
+
+    assert DMN_GRID[:3] == (0.0, 0.025, 0.05) and DMN_GRID[-1] == 0.95 and len(DMN_GRID) == 39
+    sweep = MaskThresholdSweep([0.2, 0.5, 0.8])
+    sweep.update(np.array([[0.9, 0.6], [0.3, 0.1]]), np.array([[1, 1], [0, 0]]))  # IoU 2/3, 1, 1/2
+    sweep.update(np.array([[0.7, 0.4], [0.4, 0.4]]), np.array([[0, 0], [0, 1]]))  # IoU 1/4, 0, 0
+    out = sweep.compute()
+    assert out["oiou"] == pytest.approx([3 / 7, 2 / 4, 1 / 3])  # ΣI / ΣU per threshold
+    assert out["miou"] == pytest.approx([(2 / 3 + 1 / 4) / 2, 0.5, 0.25])
+    assert out["best_threshold"] == 0.5
+    best = out["best"]
+    assert best["res/oiou"] == pytest.approx(0.5) and best["res/pr@0.5"] == pytest.approx(0.5)
+    assert best["res/pr@0.9"] == pytest.approx(0.5) and best["res/count"] == 2
+
+
+def test_threshold_sweep_on_a_split_agrees_with_the_evaluator(tmp_path):
+    from langground.config import load_preset
+    from langground.data.synthetic import SynthConfig, generate_world
+    from langground.engine.builders import build_model, build_vocab, open_split
+    from langground.engine.evaluate import evaluate_model
+    from langground.engine.metrics.threshold_sweep import sweep_mask_threshold
+
+    world = generate_world(tmp_path / "synth", SynthConfig(images=6, size=(96, 72), seed=0), workers=1)
+    cfg = load_preset(
+        "synth-dmn-t-res",
+        [f"data.root={world}", "transforms.input_size=64", "run.num_threads=1", "data.eval_limit=5"],
+    )
+    records = open_split(cfg.data, "val", 5)
+    vocab = build_vocab(open_split(cfg.data, "train"), cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab)
+    out = sweep_mask_threshold(model, records, cfg, vocab, device=torch.device("cpu"), thresholds=[0.3, 0.5])
+    cfg.postprocess.mask_threshold = 0.5
+    plain = evaluate_model(model, records, cfg, vocab, None, device=torch.device("cpu")).metrics
+    assert out["oiou"][1] == pytest.approx(plain["res/oiou"], abs=1e-9)
+    assert out["miou"][1] == pytest.approx(plain["res/miou"], abs=1e-9)
+    assert out["best_threshold"] in (0.3, 0.5)

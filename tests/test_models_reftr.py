@@ -210,7 +210,19 @@ def test_bench_phrases_times_one_pass_of_n_phrases_against_one_expression_each()
     from langground.bench.phrases import caption, phrase_bench
 
     text, queries, alone = caption(3, VOCAB)
-    assert text.tokens[0] == "the red cube and a small ball and the green cylinder".split()
+    assert text.tokens[0] == [
+        "the",
+        "red",
+        "cube",
+        "and",
+        "a",
+        "small",
+        "ball",
+        "and",
+        "the",
+        "green",
+        "cylinder",
+    ]
     assert queries.spans.tolist() == [[[0, 3], [4, 7], [8, 11]]] and alone.tokens == [["the", "red", "cube"]]
     assert bool((text.token_ids < VOCAB).all()) and torch.equal(alone.token_ids, text.token_ids[:, :3])
     r = phrase_bench("reftr_t", 3, size=SIZE, threads=1, warmup=1, runs=1, vocab_size=VOCAB, **TINY)

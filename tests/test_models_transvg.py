@@ -271,3 +271,27 @@ def test_words_explain_mode_gives_each_word_its_own_map_with_sub_words_averaged(
     torch.testing.assert_close(out[0], expected)
     with pytest.raises(LanggroundError, match="explain must be 'reg' or 'words'"):
         _tiny(explain="heads")
+
+
+def test_tiny_transvg_overfits_eight_synthetic_samples():
+    from torchvision.ops import box_convert, box_iou
+
+    from langground.losses import build_criterion
+    from test_models_registry_sweep import WORDS, synthetic_samples
+
+    torch.manual_seed(0)
+    images, text, targets = synthetic_samples()  # two coloured squares, "the <colour> square"
+    model = create_model("transvg_t", vocab_size=len(WORDS), input_size=64)
+    criterion = build_criterion("rec", model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    for _ in range(200):
+        terms = criterion(model.train()(images, text), targets)
+        loss = 4.0 * terms["loss_l1"] + terms["loss_giou"]  # the presets' weights
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = model.eval()(images, text)["pred_boxes"]
+    gt = torch.cat(targets.boxes)
+    iou = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy")).diag()
+    assert iou.min() > 0.5, iou  # only reading the colour word finds the square (alternately 1st / 2nd)

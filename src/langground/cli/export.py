@@ -36,7 +36,10 @@ def export(
     ),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset version."),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Max abs diff onnxruntime vs PyTorch allowed by the parity check."
+        1e-4,
+        "--tolerance",
+        min=0.0,
+        help="Parity bound on |onnxruntime - PyTorch| / max(1, |PyTorch|): absolute for outputs within +-1.",
     ),
     expressions: list[str] | None = typer.Option(
         None,

@@ -308,9 +308,14 @@ def evaluate_checkpoint(
     save_predictions: str | os.PathLike | None = None,
     progress: bool = False,
     console: Console | None = None,
+    mask_threshold: float | None = None,
 ) -> EvalResult:
     """Load a checkpoint (or a run directory's best one) and evaluate it on ``split`` of the data at
-    ``data_root`` (``dataset``: the name for ``open_dataset``, the checkpoint config's by default)."""
+    ``data_root`` (``dataset``: the name for ``open_dataset``, the checkpoint config's by default).
+    ``mask_threshold``: binarise masks at this probability instead of the checkpoint's
+    ``postprocess.mask_threshold`` (e.g. the one picked on val: ``metrics.threshold_sweep``)."""
+    import dataclasses
+
     from langground.engine.checkpoint import load_checkpoint
 
     if save_predictions is not None:
@@ -318,6 +323,10 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, device=dev)
     config = ckpt.config
+    if mask_threshold is not None:
+        if not 0.0 <= float(mask_threshold) <= 1.0:
+            raise LanggroundError(f"mask threshold {mask_threshold}: expected a probability in [0, 1]")
+        config.postprocess = dataclasses.replace(config.postprocess, mask_threshold=float(mask_threshold))
     data_cfg = config.data
     data_cfg.root = str(data_root)
     if dataset is not None and dataset != data_cfg.dataset:

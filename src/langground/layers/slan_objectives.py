@@ -142,12 +142,19 @@ def mask_tokens(
 
 
 def progressive_regression_loss(
-    detector_boxes: Tensor, adapted: list[Tensor], keep: Tensor, detach_target: bool = True
+    detector_boxes: Tensor,
+    adapted: list[Tensor],
+    keep: Tensor,
+    detach_target: bool = True,
+    sizes: bool = True,
 ) -> dict[str, Tensor]:
     """Eq. 3: ``g_bar`` = mean of the ``L`` adapted boxes; mean over kept regions of L1 and GIoU between
     ``detector_boxes`` ``(P, T, 4)`` and ``g_bar`` (normalised cxcywh). ``g_bar`` is a target (no gradient)
-    unless ``detach_target=False``."""
+    unless ``detach_target=False``. ``sizes=False`` regresses the centres only (ours; see docs/fidelity.md:
+    with learnable p_w, p_h the detector chasing ``p * w`` every step shrinks or grows boxes without bound)."""
     target = torch.stack(adapted).mean(0)
+    if not sizes:  # centres only: the target keeps the detector's own w, h (no compounding size drift)
+        target = torch.cat([target[..., :2], detector_boxes[..., 2:].detach()], -1)
     if detach_target:
         target = target.detach()
     k = keep.float()

@@ -90,6 +90,8 @@ class LADSConfig:
             raise LanggroundError(f"execution must be 'subnet' or 'masked', got {self.execution!r}")
         if self.gates not in ("learned", "open"):
             raise LanggroundError(f"gates must be 'learned' or 'open', got {self.gates!r}")
+        if self.gate_head_init not in ("xavier", "small"):
+            raise LanggroundError(f"gate_head_init must be 'xavier' or 'small', got {self.gate_head_init!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
 

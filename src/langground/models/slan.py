@@ -81,6 +81,7 @@ class SLANConfig:
     itm_negatives: str = "sample"  # "sample" (ALBEF) | "hardest"
     mlm_prob: float = 0.15
     reg_detach_target: bool = True
+    reg_sizes: bool = True  # Eq. 3 on all four coordinates (False: centres only, ours)
     soft_box_temperature: float = 0.1  # rec / phrase training: boxes mixed by softmax(score / t)
 
     def __post_init__(self) -> None:
@@ -188,7 +189,9 @@ class SLAN(GroundingModel):
         regions, keep = img["regions"].index_select(0, rows), img["keep"].index_select(0, rows)
         if self.adaptor is None:
             return regions, words, []
-        return self.adaptor(regions, keep, img["boxes"].index_select(0, rows), words, mask, img["features"], rows)
+        return self.adaptor(
+            regions, keep, img["boxes"].index_select(0, rows), words, mask, img["features"], rows
+        )
 
     def cls_pair(self, regions: Tensor, keep: Tensor, words: Tensor) -> Tensor:
         """ExtractCLS: ``cat(v_cls, t_cls)`` (mean of the kept fused regions, the fused text [CLS])."""
@@ -231,7 +234,11 @@ class SLAN(GroundingModel):
             out["pred_boxes"], out["pred_scores"] = self.pick(boxes, logits)
         if history:
             out["losses"] = progressive_regression_loss(
-                img["boxes"].index_select(0, rows), history, keep, self.config.reg_detach_target
+                img["boxes"].index_select(0, rows),
+                history,
+                keep,
+                self.config.reg_detach_target,
+                self.config.reg_sizes,
             )
         out["aux"] = {"region_boxes": boxes, "region_logits": logits}
         return out
@@ -294,6 +301,7 @@ class SLAN(GroundingModel):
                     [g[:n] for g in history],
                     keep[:n],
                     cfg.reg_detach_target,
+                    cfg.reg_sizes,
                 )
             )
         losses["loss_mlm"] = self.mlm_loss(img, text, rows)

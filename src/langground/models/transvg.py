@@ -49,7 +49,7 @@ class TransVGConfig:
     input_size: int = 640
     max_text_length: int = 20  # words of a TextBatch
     max_text_tokens: int = 20  # the released code's max_query_len: encoder tokens incl. [CLS] / [SEP]
-    backbone: str = "resnet50"  # a timm model with a stride-32 last level
+    backbone: str = "resnet50"  # a timm model whose last level has stride 32 (or 16: output_stride=16)
     backbone_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)  # to timm.create_model
     backbone_weights: str | None = None  # a local torchvision / timm checkpoint (models/backbones.py)
     freeze_bn: bool = True  # the released code: FrozenBatchNorm2d (DETR's)
@@ -75,7 +75,9 @@ class TransVGConfig:
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
         if self.input_size % 32:
-            raise LanggroundError(f"input_size {self.input_size} must be a multiple of 32 (the C5 stride)")
+            raise LanggroundError(
+                f"input_size {self.input_size} must be a multiple of 32 (the ResNet stride)"
+            )
         if self.max_text_tokens < 1:
             raise LanggroundError(f"max_text_tokens must be at least 1, got {self.max_text_tokens}")
 
@@ -131,9 +133,10 @@ class TransVG(GroundingModel):
             freeze_bn=cfg.freeze_bn,
             **cfg.backbone_kwargs,
         )
-        if self.backbone.reductions[-1] != 32:
+        self.stride = int(self.backbone.reductions[-1])  # 32; 16 with output_stride=16 (released --dilation)
+        if self.stride not in (16, 32):
             raise LanggroundError(
-                f"backbone {cfg.backbone!r}: last level has stride {self.backbone.reductions[-1]}, expected 32"
+                f"backbone {cfg.backbone!r}: last level has stride {self.stride}, expected 16 or 32"
             )
         self.input_proj = nn.Conv2d(self.backbone.channels[-1], d, 1)
         self.pos = PositionEmbeddingSine2d(d)
@@ -155,7 +158,7 @@ class TransVG(GroundingModel):
                 max_length=cfg.max_text_tokens,
             )
         # visual-linguistic transformer
-        self.grid = cfg.input_size // 32
+        self.grid = cfg.input_size // self.stride
         self.reg_token = nn.Parameter(torch.randn(1, 1, d))  # nn.Embedding(1, d)'s N(0, 1) init
         self.vl_pos = nn.Parameter(torch.randn(1 + cfg.max_text_tokens + self.grid**2, d))
         self.vl_encoder = PostNormEncoder(d, cfg.heads, cfg.ffn, cfg.vl_layers, cfg.dropout)

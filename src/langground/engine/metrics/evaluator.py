@@ -183,9 +183,21 @@ def metric_rows(metrics: Mapping[str, float]) -> list[tuple[str, str, str]]:
     return rows
 
 
+#: What a metric key means where papers name the same number differently (shown under tables).
+METRIC_NOTES = {
+    "res/oiou": "res/oiou = cumulative IoU ΣI/ΣU over the split (= DMN's \"mIoU\", ReLA's cIoU)",
+    "res/miou": "res/miou = mean of the per-expression IoUs",
+}
+
+
+def metric_notes(metrics: Mapping[str, float]) -> list[str]:
+    """The :data:`METRIC_NOTES` of the keys present in ``metrics``."""
+    return [note for key, note in METRIC_NOTES.items() if key in metrics]
+
+
 def format_table(metrics: Mapping[str, float], title: str | None = "metrics") -> Table:
-    """A ``rich`` table of :func:`metric_rows` (ratios in %)."""
-    table = Table(title=title)
+    """A ``rich`` table of :func:`metric_rows` (ratios in %), captioned with :func:`metric_notes`."""
+    table = Table(title=title, caption="; ".join(metric_notes(metrics)) or None)
     table.add_column("task", style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
