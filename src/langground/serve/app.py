@@ -28,6 +28,7 @@ from langground.errors import LanggroundError
 from langground.inference.images import check_expressions
 from langground.inference.unknown_words import warn_unknown
 from langground.serve.batching import DynamicBatcher
+from langground.serve.docs import mount_offline_docs
 from langground.serve.limits import ApiError, BodyLimitMiddleware, check_texts, open_image
 from langground.serve.metrics import MetricsMiddleware, ServeMetrics
 from langground.serve.parsing import AnswerRequest, GroundRequest, openapi_body, parse_request
@@ -119,6 +120,8 @@ def create_app(grounder: Any, settings: ServeSettings | None = None) -> FastAPI:
         title="langground",
         summary="Language-guided visual grounding: boxes, masks and answers for expressions about images.",
         lifespan=lifespan,
+        docs_url=None,  # mount_offline_docs: no CDN
+        redoc_url=None,
     )
     app.state.settings, app.state.grounder, app.state.metrics, app.state.batcher = (
         settings,
@@ -241,6 +244,7 @@ def create_app(grounder: Any, settings: ServeSettings | None = None) -> FastAPI:
         return FileResponse(PAGE_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
+    mount_offline_docs(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
