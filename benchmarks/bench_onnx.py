@@ -4,12 +4,13 @@
     python benchmarks/bench_onnx.py --model laconvnet_t --size 256 --runs 30
     python benchmarks/bench_onnx.py --json onnx.json
 
-A freshly initialised model of the variant (BatchNorm statistics of random inputs, see calibrate_bn) is saved as a checkpoint, exported with ``langground export``'s
-code path (parity check included: its figures are printed too) and timed both ways on the same input: one
-image, one expression of ``--words`` words. PyTorch runs what the Grounder runs (eager fp32, inference
-mode); onnxruntime the exported graph (CPU provider, graph optimisations on). Both get ``--threads``
-intra-op threads. Median of ``--runs`` calls after ``--warmup``. Latency is only meaningful on an idle
-machine: the load average before and after is printed.
+A freshly initialised model of the variant (BatchNorm statistics of random inputs, see calibrate_bn) is
+saved as a checkpoint, exported with ``langground export``'s code path (parity check included: its figures
+are printed too) and timed both ways on the same input: one image, one expression of ``--words`` words.
+PyTorch runs what the Grounder runs (eager fp32, inference mode); onnxruntime the exported graph (CPU
+provider, graph optimisations on). Both get ``--threads`` intra-op threads. Median of ``--runs`` calls after
+``--warmup``, the two backends' calls interleaved. Latency is only meaningful on an idle machine: the load
+average before and after is printed.
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ import time
 from pathlib import Path
 
 
-def _median_ms(fn, runs: int, warmup: int) -> float:  # noqa: ANN001
+def _median_ms(fns, runs: int, warmup: int) -> list[float]:  # noqa: ANN001
+    """Median ms of each callable; calls interleave (a, b, a, b...) so a load change hits both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
 
 
 def calibrate_bn(model, vocab, size: int, max_words: int):  # noqa: ANN001, ANN201
@@ -117,8 +121,7 @@ def main() -> None:
             with torch.inference_mode():
                 model(image, text)
 
-        torch_ms = _median_ms(run_torch, args.runs, args.warmup)
-        onnx_ms = _median_ms(lambda: session.run(None, feed), args.runs, args.warmup)
+        torch_ms, onnx_ms = _median_ms([run_torch, lambda: session.run(None, feed)], args.runs, args.warmup)
     load_after = os.getloadavg()[0]
     figures = {
         "model": args.model,

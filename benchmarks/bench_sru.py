@@ -68,8 +68,8 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name, m in models.items():
         results[name] = {
-            "fwd": _time(lambda: fwd(m), args.repeats),
-            "fwd+bwd": _time(lambda: fwd_bwd(m), args.repeats),
+            "fwd": _time(lambda m=m: fwd(m), args.repeats),
+            "fwd+bwd": _time(lambda m=m: fwd_bwd(m), args.repeats),
         }
     if args.scripted:
         plain = sru_mod.masked_scan
@@ -77,8 +77,8 @@ def main() -> None:
         try:
             m = models["sru"]
             results["sru_scripted"] = {
-                "fwd": _time(lambda: fwd(m), args.repeats),
-                "fwd+bwd": _time(lambda: fwd_bwd(m), args.repeats),
+                "fwd": _time(lambda m=m: fwd(m), args.repeats),
+                "fwd+bwd": _time(lambda m=m: fwd_bwd(m), args.repeats),
             }
         finally:
             sru_mod.masked_scan = plain

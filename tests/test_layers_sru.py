@@ -9,11 +9,14 @@ import torch
 from langground.errors import LanggroundError
 from langground.layers.sru import SRU, SRUCell, last_valid
 
-torch.set_default_dtype(torch.float64)  # exact comparisons (restored below)
 
-
-def teardown_module(module):
-    torch.set_default_dtype(torch.float32)
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in float64, for this module's tests only."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def reference_layer(x, weight, bias, act):

@@ -222,6 +222,8 @@ def test_safetensors_round_trip_and_second_stage_init(tmp_path):
     assert trainable == {"um"}
     stage2.train()
     assert not stage2.vm.training and stage2.um.training
+    with pytest.raises(LanggroundError, match="init_weights: .*: no such checkpoint"):
+        _tiny(init_weights=str(tmp_path / "missing"))
     with pytest.raises(LanggroundError, match="no weight fits"):
         save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
         _tiny(init_weights=str(tmp_path / "other.safetensors"))

@@ -196,7 +196,9 @@ def test_pretraining_forward_gives_every_loss_and_the_criterion_replaces_in_batc
     losses = crit(out, _targets(text.image_index.tolist()))
     assert {"loss_itc", "loss_itm", "loss_mlm", "loss_reg_l1", "loss_reg_giou"} <= set(losses)
     assert int(crit.loss_modules["itc"].filled_images) == 2  # the queue module ran
-    assert float(out["losses"]["loss_itm"].detach()) == pytest.approx(0.6931, abs=0.3)  # 2-way, near chance at init
+    assert float(out["losses"]["loss_itm"].detach()) == pytest.approx(
+        0.6931, abs=0.3
+    )  # 2-way, near chance at init
     # no adaptor (Table 5's 0 rows): no regression loss, ITM / MLM on the unimodal features
     flat = create_model("slan_t", vocab_size=40, input_size=64, adaptor_levels=0).train()
     assert set(flat(images, text)["losses"]) == {"loss_itm", "loss_mlm"}

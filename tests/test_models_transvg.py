@@ -295,3 +295,12 @@ def test_tiny_transvg_overfits_eight_synthetic_samples():
     gt = torch.cat(targets.boxes)
     iou = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(gt, "cxcywh", "xyxy")).diag()
     assert iou.min() > 0.5, iou  # only reading the colour word finds the square (alternately 1st / 2nd)
+
+
+def test_output_stride_16_doubles_the_token_grid():
+    kwargs = {"layers": [1, 1, 1, 1], "channels": [16, 32, 48, 64], "stem_width": 16, "output_stride": 16}
+    model = _tiny(backbone_kwargs=kwargs)
+    assert model.stride == 16 and model.vl_pos.shape[0] == 1 + 20 + (SIZE // 16) ** 2
+    with torch.no_grad():
+        att = model(torch.randn(1, 3, SIZE, SIZE), _text(1, 3))["aux"]["attention"]["vl2"]
+    assert att.shape == (1, 3, SIZE // 16, SIZE // 16)

@@ -165,7 +165,12 @@ class DMN(GroundingModel):
     def _load_init(self, path: str) -> None:
         """Every weight of a DMN checkpoint whose name and shape fit (the UM is new in the second stage)."""
         p = Path(path)
-        state = read_state_dict(p / "model.safetensors" if p.is_dir() else p)
+        p = p / "model.safetensors" if p.is_dir() else p
+        if not p.is_file():
+            raise CheckpointError(
+                f"init_weights: {path}: no such checkpoint (a run's best/ or a .safetensors)"
+            )
+        state = read_state_dict(p)
         own = self.state_dict()
         fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         if not fit:

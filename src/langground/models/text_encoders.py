@@ -228,16 +228,22 @@ class MiniLMTextEncoder(nn.Module):
             ) from None
         path = minilm_dir() if source is None else Path(source)
         if not path.is_dir():
-            raise LanggroundError(f"text_encoder: {path}: no such directory (a local Hugging Face checkpoint)")
+            raise LanggroundError(
+                f"text_encoder: {path}: no such directory (a local Hugging Face checkpoint)"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             if bert_config is not None:
                 self.bert = BertModel(BertConfig(**bert_config), add_pooling_layer=False)
             else:
-                self.bert = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+                self.bert = AutoModel.from_pretrained(
+                    str(path), local_files_only=True, add_pooling_layer=False
+                )
         except (OSError, ValueError, TypeError) as e:
             msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise LanggroundError(f"text_encoder: {path}: cannot load a tokenizer and encoder ({msg})") from None
+            raise LanggroundError(
+                f"text_encoder: {path}: cannot load a tokenizer and encoder ({msg})"
+            ) from None
         if freeze:
             self.bert.requires_grad_(False)
         self.proj = nn.Linear(self.bert.config.hidden_size, out_dim)
