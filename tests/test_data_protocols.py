@@ -135,6 +135,7 @@ def _metric_keys() -> set[str]:
     ev.update(none, empty, np.zeros((8, 8), np.uint8))
     ev.update(question, Prediction(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), answer="yes"))
     caption = GroundingRecord("4", 1, "x.jpg", (8, 8), "a b", phrases=(Phrase((0, 1), target.boxes),))
+    list_tasks()  # registers the tasks' metric families (phrase's lives with its task)
     phrase = Evaluator(["phrase"])
     phrase.update(caption, Prediction(hit.boxes, hit.scores, phrases=[hit]), None)
     return set(ev.compute()) | set(phrase.compute())

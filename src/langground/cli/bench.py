@@ -107,8 +107,9 @@ def bench(
         checkpoint=checkpoint,
     )
     gated = gated_report(
-        model, checkpoint, size=size, data=data, split=split, expressions=gated_expressions, device=device
-    )
+        model, checkpoint, size=size, data=data, split=split, expressions=gated_expressions, device=device,
+        runs=runs,
+    )  # fmt: skip
     if json_out:
         typer.echo(json.dumps({**r.to_dict(), **({"gated": gated.to_dict()} if gated else {})}))
         return

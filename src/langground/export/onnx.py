@@ -60,10 +60,10 @@ def check_exportable(model: nn.Module) -> None:
     from langground.models.text_encoders import MiniLMTextEncoder
 
     name = type(model).__name__
-    if any(isinstance(m, MiniLMTextEncoder) for m in model.modules()):
+    if hasattr(model, "extract_subnet") and any(isinstance(m, MiniLMTextEncoder) for m in model.modules()):
         raise ExportError(
-            f"{name} cannot be exported to ONNX: its MiniLM text encoder retokenises the raw text in Python "
-            "(train with a word-level text encoder, e.g. text_encoder=lstm, to export)"
+            f"{name} cannot be exported to ONNX: a gated model with a Hugging Face text encoder is not "
+            "supported (static models with one are; train the gated one with text_encoder=lstm to export)"
         )
     if not hasattr(model, "forward_unchecked"):
         raise ExportError(f"{name} does not follow the model contract (no forward_unchecked)")
@@ -184,6 +184,10 @@ def export_checkpoint(
         raise LanggroundError(
             f"--expressions is for gated models (LADS); {ckpt.config.model.name} is static: drop it"
         )
+    from langground.export.hf_text import export_hf_static, hf_encoders
+
+    if hf_encoders(model):  # MiniLM / BERT: the graph takes the saved tokenizer's sub-word ids
+        return export_hf_static(ckpt, out, opset=opset, tolerance=tolerance, threads=threads)
     cases = parity_inputs(model.input_size, model.max_text_length, model.vocab_size)
     graph = TensorGraph(model)
     names = graph.discover(*cases[1])

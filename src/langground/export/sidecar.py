@@ -1,6 +1,7 @@
 """The metadata sidecar of an exported graph: ``model.onnx`` -> ``model.json``, written atomically.
 
-It holds what a runtime needs besides the graph: the vocabulary (tokenisation), the input size and
+It holds what a runtime needs besides the graph: the vocabulary (tokenisation; for a Hugging Face
+text encoder also the saved tokenizer's folder and max length), the input size and
 text length, the task and its thresholds, the answers (VQA), the graph's input / output names, the
 sha256 of the checkpoint's weights, the opset and the parity figures measured at export.
 """
@@ -45,6 +46,10 @@ class OnnxMetadata:
     fixed_text_length: int | None = None  # the graph takes exactly this many words (the runtime pads)
     expression: str | None = None  # subnet graphs: the expression they answer
     gate_pattern: str | None = None  # subnet graphs: sha1 of the hard gate pattern
+    # Hugging Face text encoders: the tokenizer folder beside the graph (its inputs are that tokenizer's
+    # input_ids / attention_mask / word_index) and its max_length; None: word ids of ``vocab``
+    text_tokenizer: str | None = None
+    text_max_length: int | None = None
     parity: dict[str, float] = field(default_factory=dict)  # output -> max abs diff at export
     parity_relative: dict[str, float] = field(default_factory=dict)  # max |diff| / max(1, |torch|)
     langground_version: str = ""

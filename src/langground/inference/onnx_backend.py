@@ -2,7 +2,7 @@
 
 :class:`OnnxModel` wraps an onnxruntime session as the callable the Grounder runs:
 ``model(images (N,3,S,S), TextBatch) -> {output name: tensor}``, tokenised with the vocabulary saved in
-the sidecar. It is an ``nn.Module`` without parameters so ``.to(device).eval()`` work as for PyTorch
+the sidecar (or, for a Hugging Face text encoder, with the tokenizer saved beside the graph). It is an ``nn.Module`` without parameters so ``.to(device).eval()`` work as for PyTorch
 models; outputs come back as tensors on the images' device. Explanations (attention maps) are not in the
 graph: the Grounder refuses ``explain`` on this backend with a one-line error.
 """
@@ -61,6 +61,7 @@ class OnnxModel(nn.Module):
         self.input_size = int(meta.input_size)
         self.max_text_length = int(meta.max_text_length)
         self.task = meta.task
+        self.tokenizer = None if meta.text_tokenizer is None else _load_tokenizer(self.path, meta)
 
     def forward(self, images: Tensor, text: TextBatch, phrases: Any = None) -> dict[str, Any]:
         if phrases is not None:
@@ -72,6 +73,12 @@ class OnnxModel(nn.Module):
                 f"images are {tuple(images.shape[-2:])}, the exported graph takes {self.input_size}x{self.input_size}"
             )
         images = text.images_per_text(images)
+        if self.tokenizer is not None:  # a Hugging Face text encoder: its sub-words, as it tokenises
+            from langground.models.text_encoders import hf_tokenize
+
+            ids, mask, word_index = hf_tokenize(self.tokenizer, text, int(self.meta.text_max_length or 512))
+            feed = {"input_ids": ids, "attention_mask": mask, "word_index": word_index}
+            return self._run(images, {k: v.numpy() for k, v in feed.items()})
         ids, mask = text.token_ids.detach().cpu().long(), text.attention_mask.detach().cpu().bool()
         if self.meta.fixed_text_length is not None:  # a graph traced at one length (see export.onnx)
             if ids.shape[1] > self.meta.fixed_text_length:
@@ -79,16 +86,36 @@ class OnnxModel(nn.Module):
                     f"{ids.shape[1]} words, more than the graph's fixed text length {self.meta.fixed_text_length}"
                 )
             ids, mask = pad_text(ids, mask, self.meta.fixed_text_length)
-        feed = {
-            "images": images.detach().float().cpu().contiguous().numpy(),
-            "token_ids": ids.numpy(),
-            "attention_mask": mask.numpy(),
-        }
+        return self._run(images, {"token_ids": ids.numpy(), "attention_mask": mask.numpy()})
+
+    def _run(self, images: Tensor, text_feed: dict[str, Any]) -> dict[str, Any]:
+        feed = {"images": images.detach().float().cpu().contiguous().numpy(), **text_feed}
+        feed = {k: v for k, v in feed.items() if k in self.meta.inputs}  # inputs the tracer kept
         got = self.session.run(self.output_names, feed)
         return {k: torch.from_numpy(v).to(images.device) for k, v in zip(self.output_names, got, strict=True)}
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, model={self.meta.model_name!r}, task={self.task!r}"
+
+
+def _load_tokenizer(onnx_path: Path, meta: OnnxMetadata) -> Any:
+    """The Hugging Face tokenizer saved beside the graph at export (offline: local files only)."""
+    folder = onnx_path.parent / str(meta.text_tokenizer)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder}: tokenizer folder missing (langground export saves it beside {onnx_path.name})"
+        )
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except ImportError:
+        raise CheckpointError(
+            f"{onnx_path}: the graph reads a Hugging Face tokenizer: pip install 'langground[text]'"
+        ) from None
+    except (OSError, ValueError, TypeError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise CheckpointError(f"{folder}: cannot load the saved tokenizer ({first[:160]})") from None
 
 
 def load_onnx_model(path: str | os.PathLike, device: Any = "cpu", threads: int | None = None) -> OnnxModel:

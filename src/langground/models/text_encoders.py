@@ -251,29 +251,34 @@ class MiniLMTextEncoder(nn.Module):
         self.out_dim = out_dim
 
     def forward(self, text: TextBatch) -> TextFeatures:
-        if text.tokens:
-            words = [list(t) for t in text.tokens]
-        elif text.texts:
-            width = text.token_ids.shape[1]
-            words = [tokenize(t)[:width] for t in text.texts]
-        else:
-            raise ValueError("text_encoder='minilm' needs TextBatch.tokens or TextBatch.texts (the words)")
-        words = [w if w else ["[UNK]"] for w in words]
-        enc = self.tokenizer(
-            words,
-            is_split_into_words=True,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        ids, mask, word_index = hf_tokenize(self.tokenizer, text, self.max_length)
         device = self.proj.weight.device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        word_index = torch.tensor(
-            [[-1 if j is None else j for j in enc.word_ids(i)] for i in range(len(words))], device=device
-        )
-        return TextFeatures(self.proj(hidden), mask.bool(), word_index)
+        return self.encode_ids(ids.to(device), mask.to(device), word_index.to(device))
+
+    def encode_ids(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor | None) -> TextFeatures:
+        """The encoder on already-tokenised ``(N, L_tok)`` ids (what :func:`hf_tokenize` makes): the
+        traceable part of :meth:`forward`, which ONNX export runs on the graph's text inputs."""
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+        return TextFeatures(self.proj(hidden), attention_mask.bool(), word_index)
+
+
+def hf_tokenize(tokenizer: object, text: TextBatch, max_length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A Hugging Face tokenizer on the batch's words (``text.tokens``, else the tokenized ``texts`` cut to
+    the batch's width), pre-split: ``(input_ids, attention_mask, word_index)``, each ``(N, L_tok)`` int64;
+    ``word_index`` is the word column of each sub-word (-1 for special tokens and padding)."""
+    if text.tokens:
+        words = [list(t) for t in text.tokens]
+    elif text.texts:
+        width = text.token_ids.shape[1]
+        words = [tokenize(t)[:width] for t in text.texts]
+    else:
+        raise ValueError("text_encoder='minilm' needs TextBatch.tokens or TextBatch.texts (the words)")
+    words = [w if w else ["[UNK]"] for w in words]
+    enc = tokenizer(  # type: ignore[operator]
+        words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    word_index = torch.tensor([[-1 if j is None else j for j in enc.word_ids(i)] for i in range(len(words))])
+    return enc["input_ids"], enc["attention_mask"], word_index.long()
 
 
 def build_text_encoder(
@@ -327,6 +332,7 @@ def words_to_columns(maps: Tensor, word_index: Tensor | None, num_words: int) ->
 
 __all__ = [
     "MiniLMTextEncoder",
+    "hf_tokenize",
     "RNNTextEncoder",
     "TextFeatures",
     "build_text_encoder",
