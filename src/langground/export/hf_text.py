@@ -1,14 +1,17 @@
 """Models with a pretrained Hugging Face text encoder (MiniLM, BERT, a local checkpoint) as ONNX graphs.
 
 Such an encoder retokenises the batch's words with its own WordPiece tokenizer inside ``forward``
-(Python, not traceable). The graph therefore takes the tokenizer's output instead of the word ids:
-inputs ``images``, ``input_ids`` / ``attention_mask`` / ``word_index`` ``(N, L_tok)`` int64 (what
-:func:`~langground.models.text_encoders.hf_tokenize` makes; batch and sub-word length dynamic), traced
-through :meth:`MiniLMTextEncoder.encode_ids`. The tokenizer is saved next to the graph
+(Python, not traceable). The graph therefore also takes the tokenizer's output: inputs ``images``, the
+word-level ``token_ids`` / ``attention_mask`` ``(N, L)`` the model's ``TextBatch`` holds (as
+``Vocabulary.batch`` makes them), and ``subword_ids`` / ``subword_mask`` / ``word_index`` ``(N, L_tok)``
+int64 (what :func:`~langground.models.text_encoders.hf_tokenize` makes), fed to
+:meth:`MiniLMTextEncoder.encode_ids` in place of its tokenising ``forward``; batch, word and sub-word
+lengths are dynamic. The tokenizer is saved next to the graph
 (``<stem>.tokenizer/``, ``save_pretrained``) and the sidecar names it with its ``max_length``, so the
 runtime tokenises exactly as the encoder does. ``word_index`` (each sub-word's word, -1 for [CLS] /
-[SEP] / padding) is an input because models read it (RefTR's query mask); the tracer drops it where no
-exported output depends on it (TransVG), and the sidecar lists the inputs the graph really has.
+[SEP] / padding) is an input because models read it (RefTR's query mask, SLAN's word pooling), the word
+ids because some read their shape and mask (SLAN); the tracer drops the inputs no exported output depends
+on (TransVG keeps only the sub-words), and the sidecar lists the inputs the graph really has.
 
 Parity: onnxruntime against eager PyTorch on the same tokenised inputs, and that eager path against
 the model's own forward on the raw sentences (the encoder tokenising itself): both within tolerance.
@@ -33,6 +36,7 @@ from langground.types import TextBatch
 
 __all__ = [
     "HF_INPUTS",
+    "SUBWORD_INPUTS",
     "PARITY_SENTENCES",
     "HFTextGraph",
     "hf_encoders",
@@ -40,7 +44,8 @@ __all__ = [
     "save_tokenizer",
 ]
 
-HF_INPUTS = ("images", "input_ids", "attention_mask", "word_index")
+HF_INPUTS = ("images", "token_ids", "attention_mask", "subword_ids", "subword_mask", "word_index")
+SUBWORD_INPUTS = HF_INPUTS[3:]
 #: real expressions of different lengths (sub-word counts), one with a word MiniLM splits into pieces
 PARITY_SENTENCES = (
     "man",
@@ -59,12 +64,12 @@ def hf_encoders(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def _pretokenised(encoders: list[nn.Module], word_index: Tensor) -> Iterator[None]:
-    """Within the block each encoder reads ``TextBatch.token_ids`` / ``attention_mask`` as its own
-    tokenizer's output (an instance ``forward``: the class is untouched), ``word_index`` beside them."""
+def _pretokenised(encoders: list[nn.Module], ids: Tensor, mask: Tensor, word_index: Tensor) -> Iterator[None]:
+    """Within the block each encoder ignores the ``TextBatch`` it is given and encodes these sub-words
+    (an instance ``forward``: the class is untouched)."""
 
     def forward(self: Any, text: TextBatch) -> Any:
-        return self.encode_ids(text.token_ids, text.attention_mask, word_index)
+        return self.encode_ids(ids, mask, word_index)
 
     try:
         for enc in encoders:
@@ -76,7 +81,7 @@ def _pretokenised(encoders: list[nn.Module], word_index: Tensor) -> Iterator[Non
 
 
 class HFTextGraph(nn.Module):
-    """``model`` as ``(images, input_ids, attention_mask, word_index) -> tuple`` of tensor outputs."""
+    """``model`` as ``(images, token_ids, attention_mask, subword_ids, subword_mask, word_index) -> tuple``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -86,10 +91,16 @@ class HFTextGraph(nn.Module):
         self.example_shapes: dict[str, tuple[int, ...]] = {}
 
     def forward(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor
+        self,
+        images: Tensor,
+        token_ids: Tensor,
+        attention_mask: Tensor,
+        subword_ids: Tensor,
+        subword_mask: Tensor,
+        word_index: Tensor,
     ) -> tuple[Tensor, ...]:
-        with _pretokenised(self.encoders, word_index):
-            out = self.model.forward_unchecked(images, TextBatch(input_ids, attention_mask.bool()))
+        with _pretokenised(self.encoders, subword_ids, subword_mask, word_index):
+            out = self.model.forward_unchecked(images, TextBatch(token_ids, attention_mask.bool()))
         if not self.output_names:
             self.output_names = tensor_outputs(out)
         return tuple(out[k] for k in self.output_names)
@@ -121,7 +132,14 @@ def hf_parity_inputs(
         if i % 2 == 1:
             images[0] = scene_image(size, seed=seed + i)
         batch = vocab.batch(texts, int(model.max_text_length))
-        cases.append((images, *hf_tokenize(enc.tokenizer, batch, enc.max_length)))
+        cases.append(
+            (
+                images,
+                batch.token_ids,
+                batch.attention_mask,
+                *hf_tokenize(enc.tokenizer, batch, enc.max_length),
+            )
+        )
         batches.append(batch)
     return cases, batches
 
@@ -165,8 +183,9 @@ def export_hf_static(ckpt: Any, out: Path, *, opset: int, tolerance: float, thre
             f"{ckpt.config.model.name}: {worst} of the pretokenised text path differs from the model's own "
             f"forward by {vs_forward[worst]:.3e} > {tolerance:g} (PyTorch vs PyTorch)"
         )
-    text_axes = {0: "batch", 1: "length"}
-    axes: dict[str, dict[int, str]] = {"images": {0: "batch"}, **{k: dict(text_axes) for k in HF_INPUTS[1:]}}
+    axes: dict[str, dict[int, str]] = {"images": {0: "batch"}}
+    axes.update({k: {0: "batch", 1: "words"} for k in ("token_ids", "attention_mask")})
+    axes.update({k: {0: "batch", 1: "subwords"} for k in SUBWORD_INPUTS})
     batch = int(cases[1][0].shape[0])
     axes.update({k: {0: "batch"} for k, shape in graph.example_shapes.items() if shape[:1] == (batch,)})
     tmp = _tmp_beside(out)
@@ -204,5 +223,12 @@ def _against_forward(
     for case, batch in zip(cases, batches, strict=True):
         own = model.forward_unchecked(case[0], batch)
         for name, got in zip(names, graph(*case), strict=True):
+            if own[name].shape != got.shape:
+                from langground.export.parity import ParityError
+
+                raise ParityError(
+                    f"{type(model).__name__}: output {name} is {tuple(got.shape)} on the pretokenised text path, "
+                    f"{tuple(own[name].shape)} in the model's forward"
+                )
             worst[name] = max(worst[name], float((own[name] - got).abs().max()))
     return worst

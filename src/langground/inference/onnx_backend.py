@@ -77,7 +77,11 @@ class OnnxModel(nn.Module):
             from langground.models.text_encoders import hf_tokenize
 
             ids, mask, word_index = hf_tokenize(self.tokenizer, text, int(self.meta.text_max_length or 512))
-            feed = {"input_ids": ids, "attention_mask": mask, "word_index": word_index}
+            words = {
+                "token_ids": text.token_ids.detach().cpu().long(),
+                "attention_mask": text.attention_mask.cpu(),
+            }
+            feed = {**words, "subword_ids": ids, "subword_mask": mask, "word_index": word_index}
             return self._run(images, {k: v.numpy() for k, v in feed.items()})
         ids, mask = text.token_ids.detach().cpu().long(), text.attention_mask.detach().cpu().bool()
         if self.meta.fixed_text_length is not None:  # a graph traced at one length (see export.onnx)
