@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from langground.data import DatasetProtocol, dataset_spec, list_datasets
 from langground.engine.metrics import Evaluator
-from langground.tasks import list_tasks
+from langground.tasks import get_task, list_tasks
 from langground.types import GroundingRecord, Phrase, Prediction
 
 UNC = ("train", "val", "testA", "testB")
@@ -56,7 +57,12 @@ BENCHMARK_OF = {
     "flickr30k": "flickr30k", "transvg-flickr": "flickr30k", "simrec-flickr": "flickr30k",
     "flickr30k-separate": "flickr30k-separate",
     "clevr-ref+": "clevr-ref+", "clevr": "clevr", "synth": "synth",
+    "coco-karpathy": "coco-karpathy", "flickr30k-karpathy": "flickr30k-karpathy",
+    "synth-captions": "synth-captions",
 }  # fmt: skip
+RETRIEVAL_SPLITS = ("train", "val", "test")
+for _name in ("coco-karpathy", "flickr30k-karpathy"):  # ALBEF / BLIP fine-tune retrieval at 384
+    EXPECTED[_name] = (("retrieval",), {"retrieval": 384}, RETRIEVAL_SPLITS, ("val", "test"), "single")
 EXPECTED["referit-berkeley"] = (
     ("rec", "res"),
     {"rec": 416, "res": 320},
@@ -91,6 +97,13 @@ def test_protocol_of_each_dataset(name):
         assert p.tasks == ("rec", "res", "gref", "gres", "vqa", "recres", "phrase")
         assert p.input_size == {} and " at " not in p.describe("rec")
         return
+    if name == "synth-captions":  # the synthetic world's scene captions: retrieval only, presets choose sizes
+        assert (
+            p.tasks == ("retrieval",)
+            and p.input_size == {}
+            and p.metrics["retrieval"][0] == "retrieval/r@1_t2i"
+        )
+        return
     assert set(p.input_size) == set(p.tasks)
     tasks, sizes, splits, eval_splits, box_match = EXPECTED[BENCHMARK_OF[name]]
     assert (p.tasks, dict(p.input_size), p.splits, p.eval_splits, p.box_match) == (
@@ -108,6 +121,7 @@ def test_protocol_of_each_dataset(name):
         "vqa": "vqa/acc",
         "recres": "rec/prec@0.5",
         "phrase": "phrase/recall@1",
+        "retrieval": "retrieval/r@1_t2i",
     }
     for task in p.tasks:
         assert p.metrics[task][0] == first[task]  # the headline number of the papers' tables
@@ -138,7 +152,13 @@ def _metric_keys() -> set[str]:
     list_tasks()  # registers the tasks' metric families (phrase's lives with its task)
     phrase = Evaluator(["phrase"])
     phrase.update(caption, Prediction(hit.boxes, hit.scores, phrases=[hit]), None)
-    return set(ev.compute()) | set(phrase.compute())
+    gallery = get_task("retrieval").output_scorer(None)  # split-level: the gallery's R@K both ways
+    gallery.update(
+        [caption],
+        {"pred_text_embed": torch.ones(1, 2), "pred_image_embed": torch.ones(1, 2)},
+        None,
+    )
+    return set(ev.compute()) | set(phrase.compute()) | set(gallery.compute())
 
 
 def test_protocol_metrics_are_keys_the_evaluator_computes():
