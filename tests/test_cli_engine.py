@@ -410,3 +410,20 @@ def test_eval_bad_input_is_one_line_and_overwrites_nothing(cli, run_dir, world, 
     one_line_error(ev(run_dir, broken, "--workers", "1"), str(image), "image fails to decode (record")
     assert preds.read_text() == "old\n"
     assert blocker.read_text() == "x"
+
+
+def test_evaluate_picks_the_mask_threshold_on_a_split(cli, world, tmp_path):
+    from langground.engine.metrics.threshold_sweep import DMN_GRID, pick_mask_threshold
+
+    out = tmp_path / "res"
+    res = cli("train", "--preset", "synth-laconvnet-t-res", *sets(f"data.root={world}", *TINY), "--out", out)
+    assert res.exit_code == 0, res.output
+    res = cli("eval", out, "--data", world, "--split", "val", "--pick-threshold-on", "val", "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    sweep = pick_mask_threshold(out, world, "val")
+    assert payload["mask_threshold"] == sweep["best_threshold"] and sweep["best_threshold"] in DMN_GRID
+    assert payload["metrics"]["res/oiou"] == pytest.approx(sweep["best"]["res/oiou"], abs=1e-9)
+    assert payload["metrics"]["res/oiou"] >= max(sweep["oiou"]) - 1e-9  # the best of the grid
+    args = ("eval", out, "--data", world, "--split", "val", "--mask-threshold", "0.3")
+    one_line_error(cli(*args, "--pick-threshold-on", "val"), "give one of them, not both")

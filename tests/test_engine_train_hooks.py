@@ -304,3 +304,16 @@ def test_sampler_and_curriculum_count_dataset_items_not_records(world, tmp_path,
     finally:
         trainer.close()
     assert [r["step"] for r in lines(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_loss_driven_schedule_observes_every_step_loss(world, tmp_path, monkeypatch):
+    from langground.engine.optim import PlateauLR
+
+    seen: list[float] = []
+    real = PlateauLR.observe
+    monkeypatch.setattr(PlateauLR, "observe", lambda self, loss: (seen.append(loss), real(self, loss)))
+    cfg = tiny(world, *SHORT, "schedule.name=plateau", "schedule.warmup_epochs=0")
+    train(cfg, tmp_path / "run", console=quiet())
+    rows = lines(tmp_path / "run")
+    assert len(seen) == len(rows) > 1  # one observation per optimiser step, the loss that step logged
+    assert seen == pytest.approx([r["loss"] for r in rows], rel=1e-5)

@@ -172,10 +172,31 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     workers: int = typer.Option(None, "--workers", min=0, help="Data-loader workers (default: the run's)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records of the split."),
+    mask_threshold: float = typer.Option(
+        None, "--mask-threshold", min=0.0, max=1.0, help="Binarise masks at this probability (RES, GRES)."
+    ),
+    pick_threshold_on: str = typer.Option(
+        None,
+        "--pick-threshold-on",
+        help="Pick the mask threshold with the best oIoU on this split first (DMN's protocol: val).",
+    ),
 ) -> None:
     """Evaluate a checkpoint on a split: every metric of its task, overall and per family."""
     from langground.engine.distributed import env_world
     from langground.engine.evaluate import evaluate_checkpoint
+
+    if pick_threshold_on is not None:
+        if mask_threshold is not None:
+            raise LanggroundError("--mask-threshold and --pick-threshold-on: give one of them, not both")
+        from langground.engine.metrics.threshold_sweep import pick_mask_threshold
+
+        sweep = pick_mask_threshold(checkpoint, data, pick_threshold_on, dataset=dataset, device=device)
+        mask_threshold = sweep["best_threshold"]
+        err_console.print(
+            f"mask threshold {mask_threshold:g}: best oIoU {100 * sweep['best']['res/oiou']:.2f} "
+            f"on {pick_threshold_on}",
+            highlight=False,
+        )
 
     result = evaluate_checkpoint(
         checkpoint,
@@ -189,11 +210,15 @@ def evaluate(
         save_predictions=save_predictions,
         progress=not as_json,
         console=err_console,
+        mask_threshold=mask_threshold,
     )
     if not env_world().is_main:
         return
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=1))
+        payload = result.to_json()
+        if mask_threshold is not None:
+            payload["mask_threshold"] = mask_threshold
+        typer.echo(json.dumps(payload, indent=1))
     else:
         print_eval_result(result, console)
         if save_predictions is not None:

@@ -102,6 +102,9 @@ class OptimiserStep:
         t.scaler.step(t.optimizer)
         t.scaler.update()
         t.scheduler.step()
+        observe = getattr(t.scheduler, "observe", None)  # loss-driven schedules (plateau)
+        if observe is not None:  # every rank decides on the same (all-reduced) loss
+            observe(D.all_reduce_mean({"loss": values["loss"]}, t.device)["loss"])
         if t.ema is not None:
             t.ema.update(t.model)
         t.progress.step += 1

@@ -117,3 +117,29 @@ def sweep_mask_threshold(
             with torch.no_grad():
                 sweep.update(prob.numpy(), None if record.no_target else record.load_mask())
     return sweep.compute()
+
+
+def pick_mask_threshold(
+    checkpoint: Any,
+    data_root: Any,
+    split: str = "val",
+    *,
+    dataset: str | None = None,
+    device: str = "auto",
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The mask threshold with the best oIoU on ``split`` (the paper's protocol: picked on val), from a
+    checkpoint or run directory; the :func:`sweep_mask_threshold` result, one pass of the model."""
+    import dataclasses
+
+    from langground.engine.builders import open_split
+    from langground.engine.checkpoint import load_checkpoint
+    from langground.inference.grounder import resolve_device
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, device=dev)
+    data = dataclasses.replace(
+        ckpt.config.data, root=str(data_root), **({"dataset": dataset} if dataset else {})
+    )
+    records = open_split(data, split, limit)
+    return sweep_mask_threshold(ckpt.model.to(dev).eval(), records, ckpt.config, ckpt.vocab, device=dev)
