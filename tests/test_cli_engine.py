@@ -427,3 +427,18 @@ def test_evaluate_picks_the_mask_threshold_on_a_split(cli, world, tmp_path):
     assert payload["metrics"]["res/oiou"] >= max(sweep["oiou"]) - 1e-9  # the best of the grid
     args = ("eval", out, "--data", world, "--split", "val", "--mask-threshold", "0.3")
     one_line_error(cli(*args, "--pick-threshold-on", "val"), "give one of them, not both")
+
+
+@pytest.mark.parametrize(("task", "derived"), [("res", {"rec"}), ("recres", set())])
+def test_the_eval_table_names_only_derived_families_derived(task, derived):
+    from rich.console import Console
+
+    from langground.cli.engine import print_eval_result
+    from langground.engine.evaluate import EvalResult
+
+    metrics = {"rec/prec@0.5": 0.5, "rec/count": 4.0, "res/oiou": 0.4, "res/miou": 0.3, "res/count": 4.0}
+    out = Console(record=True, width=200)
+    print_eval_result(EvalResult(metrics, task), out)
+    text = out.export_text()
+    assert ("rec (derived)" in text) == ("rec" in derived) and "res (derived)" not in text
+    assert ("derived: rec/*" in text) == bool(derived)

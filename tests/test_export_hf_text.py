@@ -108,7 +108,7 @@ def test_graph_takes_the_tokenizer_ids_with_dynamic_batch_and_length(exported):
 
 
 def test_parity_at_lengths_and_batches_not_traced(exported):
-    """Fresh sentences (sub-word lengths 3 to 16, batch 4 and 1), the ONNX graph vs PyTorch's forward."""
+    """Fresh sentences (sub-word lengths 18, 11 and 3 at batch 4, 2 and 1), the ONNX graph vs PyTorch's forward."""
     from langground.engine.checkpoint import load_checkpoint
 
     ckpt_path, out, _ = exported

@@ -122,8 +122,11 @@ def print_eval_result(result, console, title: str | None = None) -> None:  # res
     from other outputs (a RES model's boxes: the bounding boxes of its masks) after it, named as such."""
     from langground.engine.metrics.evaluator import metric_rows
 
+    from langground.tasks import get_task
+
     main, name = result.main_value, result.main_metric
     own = name.split("/")[0]
+    derived_families = set(get_task(result.task).derived_metrics)
     heading = title or f"{result.dataset} {result.split} ({result.task})".strip()
     if main is not None:
         console.print(
@@ -132,7 +135,7 @@ def print_eval_result(result, console, title: str | None = None) -> None:  # res
             highlight=False,
         )
     rows = metric_rows(result.metrics)
-    derived = sorted({family for family, _, _ in rows if family != own})
+    derived = sorted({family for family, _, _ in rows if family in derived_families})
     table = Table(title=heading)
     table.add_column("task", style="bold")
     table.add_column("metric")
@@ -143,7 +146,7 @@ def print_eval_result(result, console, title: str | None = None) -> None:  # res
         *(r for r in rows if r[0] == own and r not in primary),
         *(r for r in rows if r[0] != own),
     ]:
-        label = family if family == own else f"{family} (derived)"
+        label = f"{family} (derived)" if family in derived_families else family
         table.add_row(label, metric, value, style="bold" if f"{family}/{metric}" == name else None)
     console.print(table)
     if derived:

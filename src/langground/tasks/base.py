@@ -44,6 +44,9 @@ class Task:
     heads: ClassVar[frozenset[str]] = frozenset()
     #: metric families (``langground.engine.metrics``) evaluated for a model trained on this task
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: those of :attr:`metrics` that score another task's output derived from this task's own (a RES
+    #: model's boxes are its masks' bounding boxes); reports name them as such
+    derived_metrics: ClassVar[tuple[str, ...]] = ()
     primary_metric: ClassVar[str] = ""
     #: default weights of the terms ``loss_terms`` returns (``loss_giou`` -> ``giou``)
     loss_weights: ClassVar[Mapping[str, float]] = {}

@@ -68,6 +68,7 @@ class RES(Task):
     description = "one mask per expression"
     heads = frozenset({"mask"})
     metrics = ("res", "rec")  # a mask model is also scored on boxes: its mask's bounding box
+    derived_metrics = ("rec",)
     primary_metric = "res/oiou"
     loss_weights = _MASK_WEIGHTS
     needs_masks = True
