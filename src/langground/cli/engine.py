@@ -121,7 +121,6 @@ def print_eval_result(result, console, title: str | None = None) -> None:  # res
     """The task's own primary metric first, then the table: its metric family first, metrics derived
     from other outputs (a RES model's boxes: the bounding boxes of its masks) after it, named as such."""
     from langground.engine.metrics.evaluator import metric_rows
-
     from langground.tasks import get_task
 
     main, name = result.main_value, result.main_metric
