@@ -106,7 +106,12 @@ def _time(ops: dict[str, Op], args: tuple, k: int, repeats: dict[str, int]) -> d
 
 
 def run(
-    batches: list[int], threads: int, repeats: int, ref_repeats: int, dtype: torch.dtype, channels_last: bool,
+    batches: list[int],
+    threads: int,
+    repeats: int,
+    ref_repeats: int,
+    dtype: torch.dtype,
+    channels_last: bool,
     stages: list[int],
 ) -> list[Row]:
     torch.set_num_threads(threads)
@@ -161,7 +166,9 @@ def _markdown(rows: list[Row], meta: dict) -> str:
     for n in sorted({r.batch for r in rows}):
         sel = [r for r in rows if r.batch == n]
         fast, ref = sum(r.fast_ms for r in sel), sum(r.ref_ms for r in sel)
-        lines.append(f"\nbatch {n}, all stages: fast {fast:.1f} ms, unfold {ref:.1f} ms, speed-up {ref / fast:.1f}x")
+        lines.append(
+            f"\nbatch {n}, all stages: fast {fast:.1f} ms, unfold {ref:.1f} ms, speed-up {ref / fast:.1f}x"
+        )
     lines.append(
         f"\ntorch {meta['torch']}, {meta['threads']} threads, {meta['dtype']}, channels_last={meta['channels_last']}, "
         f"load average (1 min) before {meta['load_before']:.2f}, after {meta['load_after']:.2f}, "
@@ -177,13 +184,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15, help="timed fast-path runs per case")
     ap.add_argument("--ref-repeats", type=int, default=5, help="timed unfold runs per case")
     ap.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")
-    ap.add_argument("--channels-last", action="store_true", help="x, grad and kernels in channels-last layout")
+    ap.add_argument(
+        "--channels-last", action="store_true", help="x, grad and kernels in channels-last layout"
+    )
     ap.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     rows = run(
-        args.batch, args.threads, args.repeats, args.ref_repeats, getattr(torch, args.dtype), args.channels_last,
+        args.batch,
+        args.threads,
+        args.repeats,
+        args.ref_repeats,
+        getattr(torch, args.dtype),
+        args.channels_last,
         args.stages,
     )
     meta = {

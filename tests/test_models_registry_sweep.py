@@ -44,7 +44,9 @@ def _targets(batch: int, size: int) -> Targets:
     masks = torch.zeros(batch, 1, size, size)
     masks[:, :, size // 4 : size // 2, size // 4 : 3 * size // 4] = 1
     phrase_boxes = [[b] for b in boxes]  # task phrase: one query per row (its whole expression)
-    return Targets(boxes, masks, torch.zeros(batch, dtype=torch.bool), torch.arange(batch) % ANSWERS, phrase_boxes)
+    return Targets(
+        boxes, masks, torch.zeros(batch, dtype=torch.bool), torch.arange(batch) % ANSWERS, phrase_boxes
+    )
 
 
 def _build(name: str, task: str):

@@ -63,7 +63,9 @@ def bench(
     fuse_bn: bool = typer.Option(True, "--fuse-bn/--no-fuse-bn", help="Fold BatchNorm into convs."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     data: Path = typer.Option(None, "--data", help="Gated models (LADS): the dataset root of --split."),
-    split: str = typer.Option(None, "--split", help="Gated models: the split whose expressions are averaged."),
+    split: str = typer.Option(
+        None, "--split", help="Gated models: the split whose expressions are averaged."
+    ),
     gated_expressions: int = typer.Option(
         16, "--expressions", min=1, help="Gated models: expressions (evenly spaced over --split) to average."
     ),

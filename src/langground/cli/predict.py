@@ -146,7 +146,9 @@ def predict(
         show_warnings(caught)
 
     if explain and backend == "onnx":
-        raise LanggroundError("--explain is not supported with --backend onnx (the graph has no attention maps)")
+        raise LanggroundError(
+            "--explain is not supported with --backend onnx (the graph has no attention maps)"
+        )
     grounder = Grounder.from_pretrained(checkpoint, device=dev, batch_size=batch_size, backend=backend)
     config = grounder.thresholds(box_threshold=box_threshold, no_target_threshold=no_target_threshold)
     if grounder.synthetic_only:

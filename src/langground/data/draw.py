@@ -77,7 +77,11 @@ def render_record(
             bb = draw.textbbox((tx, ty), tag, font=label_font)
             draw.rectangle([bb[0] - 2, bb[1] - 2, bb[2] + 2, bb[3] + 2], fill=color)
             draw.text((tx, ty), tag, fill=(0, 0, 0), font=label_font)
-    return _with_caption(canvas.convert("RGB"), record, (task is not None and get_task(task).needs_answers) or record.answer is not None)
+    return _with_caption(
+        canvas.convert("RGB"),
+        record,
+        (task is not None and get_task(task).needs_answers) or record.answer is not None,
+    )
 
 
 def _with_caption(img: Image.Image, record: GroundingRecord, question: bool) -> Image.Image:

@@ -249,8 +249,12 @@ def open_synth_scene_captions(root: Path, split: str, name: str, protocol: Datas
 
     files = {s: root / captions_file(s) for s in SPLITS if (root / captions_file(s)).is_file()}
     if not files:
-        raise DataError(f"{root}: no {captions_file('<split>')} (generate the world again for scene captions)")
-    return open_coco_captions(files, split, root=root, image_dir=root / "images", name=name, protocol=protocol)
+        raise DataError(
+            f"{root}: no {captions_file('<split>')} (generate the world again for scene captions)"
+        )
+    return open_coco_captions(
+        files, split, root=root, image_dir=root / "images", name=name, protocol=protocol
+    )
 
 
 def read_dataset_info(root: Path) -> dict[str, Any] | None:

@@ -57,7 +57,9 @@ def attention_maps(
     """The model's per-stage cross-modal attention, per sample ``{stage: (len(words), H, W)}`` in original
     pixels; a one-line :class:`LanggroundError` when the model (``model_name``) exposes none."""
     maps = (raw.get("aux") or {}).get("attention")
-    if not maps and (raw.get("aux") or {}).get("gates"):  # a gated model (LADS): its subnet is the explanation
+    if not maps and (raw.get("aux") or {}).get(
+        "gates"
+    ):  # a gated model (LADS): its subnet is the explanation
         from langground.inference.subnet_diagram import gate_explanations
 
         return gate_explanations(raw) or []

@@ -255,7 +255,9 @@ class MiniLMTextEncoder(nn.Module):
         device = self.proj.weight.device
         return self.encode_ids(ids.to(device), mask.to(device), word_index.to(device))
 
-    def encode_ids(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor | None) -> TextFeatures:
+    def encode_ids(
+        self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor | None
+    ) -> TextFeatures:
         """The encoder on already-tokenised ``(N, L_tok)`` ids (what :func:`hf_tokenize` makes): the
         traceable part of :meth:`forward`, which ONNX export runs on the graph's text inputs."""
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
@@ -275,7 +277,12 @@ def hf_tokenize(tokenizer: object, text: TextBatch, max_length: int) -> tuple[Te
         raise ValueError("text_encoder='minilm' needs TextBatch.tokens or TextBatch.texts (the words)")
     words = [w if w else ["[UNK]"] for w in words]
     enc = tokenizer(  # type: ignore[operator]
-        words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        words,
+        is_split_into_words=True,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
     )
     word_index = torch.tensor([[-1 if j is None else j for j in enc.word_ids(i)] for i in range(len(words))])
     return enc["input_ids"], enc["attention_mask"], word_index.long()

@@ -185,6 +185,8 @@ class _LaConvTriton(torch.autograd.Function):
         return gx, gw, None, None, None
 
 
-def laconv_triton(x: Tensor, weight: Tensor, kernel_size: int, dilation: int = 1, interleaved: bool = False) -> Tensor:
+def laconv_triton(
+    x: Tensor, weight: Tensor, kernel_size: int, dilation: int = 1, interleaved: bool = False
+) -> Tensor:
     """Eq. 2 with Triton kernels (inputs already validated by :func:`~langground.ops.dynamic_conv.laconv`)."""
     return _LaConvTriton.apply(x, weight, kernel_size, dilation, interleaved)
