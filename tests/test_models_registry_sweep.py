@@ -17,7 +17,7 @@ from torchvision.ops import box_convert, box_iou
 
 from langground.losses import build_criterion
 from langground.registry import create_model, list_models
-from langground.types import Targets, TextBatch
+from langground.types import PhraseQueries, Targets, TextBatch
 
 VOCAB = 50
 ANSWERS = 7
@@ -49,6 +49,16 @@ def _targets(batch: int, size: int) -> Targets:
     )
 
 
+def _forward(model, task: str, images, text):
+    """The model's forward as the engine calls it: the phrase task passes its queries (one per row here:
+    the whole expression, so the targets' one box per row is each query's box)."""
+    if task != "phrase":
+        return model(images, text)
+    lengths = text.attention_mask.sum(1)
+    spans = torch.stack([torch.zeros_like(lengths), lengths], -1)[:, None]  # (N, 1, 2)
+    return model(images, text, PhraseQueries(spans, torch.ones(len(lengths), 1, dtype=torch.bool)))
+
+
 def _build(name: str, task: str):
     torch.manual_seed(0)
     return create_model(name, task=task, vocab_size=VOCAB, num_answers=ANSWERS, input_size=SIZE), SIZE
@@ -66,7 +76,7 @@ def test_outputs_follow_the_contract_for_every_task(name):
         assert model.task == task and model.vocab_size == VOCAB and model.input_size == size
         images, text = _inputs(2, size)
         with torch.no_grad():
-            out = model.eval()(images, text)
+            out = _forward(model.eval(), task, images, text)
         assert out, f"{name}/{task}: empty output"
         for key, value in out.items():
             if torch.is_tensor(value):
@@ -86,6 +96,8 @@ def test_outputs_follow_the_contract_for_every_task(name):
             assert out["pred_no_target"].shape == (2,)
         if task == "vqa":
             assert out["pred_answer"].shape == (2, ANSWERS)
+        if task == "phrase":
+            assert out["pred_boxes"].shape == (2, 1, 4)
         for stage, att in out.get("aux", {}).get("attention", {}).items():
             assert att.shape[:2] == (2, text.token_ids.shape[1]), stage
 
@@ -99,7 +111,7 @@ def test_every_parameter_receives_a_gradient(name):
         if task in ("gref", "gres"):
             targets.no_target[1] = True
             targets.boxes[1] = torch.zeros(0, 4)
-        losses = build_criterion(task, model)(model.train()(images, text), targets)
+        losses = build_criterion(task, model)(_forward(model.train(), task, images, text), targets)
         assert torch.isfinite(losses["loss"])
         losses["loss"].backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
