@@ -32,6 +32,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from langground.serve.probe import wait_until_serving
+
 HOST = "127.0.0.1"  # loopback only
 EXPRESSIONS = [
     "the red cube",
@@ -182,19 +184,11 @@ def main() -> int:
     log = Path(tmp.name) / "serve.log"
     server = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                print(log.read_text()[-3000:], file=sys.stderr)
-                return 2
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the server did not start in 120 s")
-            time.sleep(0.2)
+        try:
+            wait_until_serving(url, server, timeout_s=120)
+        except ChildProcessError:
+            print(log.read_text()[-3000:], file=sys.stderr)
+            return 2
         info = httpx.get(f"{url}/v1/model").json()
         load = (url, args.clients)
         asyncio.run(run_clients(*load, args.warmup_seconds, image, oversized, args.oversized_every))

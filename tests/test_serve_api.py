@@ -652,3 +652,23 @@ def test_a_real_coco_photo_in_its_original_pixels(client):
         assert 0 <= b["xmin"] < b["xmax"] <= width and 0 <= b["ymin"] < b["ymax"] <= height
     assert any("synthetic world" in w for w in data["warnings"])  # COCO words the model never saw
     assert json.dumps(data)  # JSON all the way down
+
+
+def test_waiting_for_a_server_reports_an_exit_and_a_timeout():
+    import subprocess
+    import sys
+
+    from langground.serve.probe import wait_until_serving
+
+    url = "http://127.0.0.1:9"  # the discard port: nothing answers
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    with pytest.raises(ChildProcessError, match="exited with 3"):
+        wait_until_serving(url, exited, timeout_s=5)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(TimeoutError, match="did not start within 0.3 s"):
+            wait_until_serving(url, alive, timeout_s=0.3)
+    finally:
+        alive.kill()
+        alive.wait()

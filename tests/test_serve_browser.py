@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'langground[serve]'")
 import httpx  # noqa: E402
 
+from langground.serve.probe import wait_until_serving  # noqa: E402
 from test_serve_api import trained_checkpoint  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -62,18 +62,10 @@ def server(trained, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"langground serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"langground serve did not start within 90 s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        try:
+            wait_until_serving(url, proc, timeout_s=90)
+        except (ChildProcessError, TimeoutError) as e:
+            pytest.fail(f"{e}: {log.read_text()[-2000:]}")
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
