@@ -151,6 +151,8 @@ pos = (gidx[None] == torch.arange(off, off + nimg)[:, None]).float()
 i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(5 * images.detach() @ T.t(), 1)).sum(1).mean()
 import json, sys
 open(sys.argv[1] + f"/rank{r}.json", "w").write(json.dumps([float(loss), float((t2i + i2t) / 2), bool(images.grad.abs().sum() > 0)]))
+dist.barrier()
+dist.destroy_process_group()  # an undestroyed gloo group can abort the interpreter at exit
 """
 )
 

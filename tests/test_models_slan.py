@@ -240,6 +240,8 @@ DDP = textwrap.dedent(
         res.append([float(loss), ni.tolist(), nt.tolist()])
     state = {k: v.tolist() for k, v in module.state_dict().items()}
     open(sys.argv[1] + f"/rank{r}.json", "w").write(json.dumps({"steps": res, "state": state}))
+    dist.barrier()
+    dist.destroy_process_group()  # an undestroyed gloo group can abort the interpreter at exit
     """
 )
 INPUTS = textwrap.dedent(
