@@ -251,6 +251,7 @@ class LADS(GroundingModel):
             for name, block in self._blocks():
                 parts[name] = fold_gated(block) if name in gated else fold_block(block)
             self._fold_cache = (key, parts)
+            self._subnets.clear()  # their sliced convs came from the old fold
         return self._fold_cache[1]
 
     def build_subnet(self, layer: Tensor, filt: Tensor) -> LADSSubnet:
@@ -277,9 +278,11 @@ class LADS(GroundingModel):
         return LADSSubnet(folded["stem"], blocks, self.input_proj, self.pos, fusion, self.box_head)
 
     def _cached_subnet(self, layer: Tensor, filt: Tensor) -> LADSSubnet:
-        # weights changed in place (optimizer step, EMA copy, load_state_dict) bump tensor versions
-        version = tuple(t._version for t in self.state_dict(keep_vars=True).values())
-        key = (layer.numpy().tobytes(), filt.numpy().tobytes(), version, self.filter_multiple)
+        # A subnet copies only (sliced) folded backbone convs; the fusion layers and heads it holds are
+        # the live modules. So a subnet is stale exactly when the fold is: _folded() checks the backbone's
+        # tensor versions (an optimizer step, EMA copy or load_state_dict bumps them) and drops the cache.
+        self._folded()
+        key = (layer.numpy().tobytes(), filt.numpy().tobytes(), self.filter_multiple)
         net = self._subnets.pop(key, None)
         if net is None:
             net = self.build_subnet(layer, filt)
