@@ -334,3 +334,30 @@ def test_expressions_sharing_images_route_exactly():
         masked = _masked(m, images, text, gates)
         per_row = _masked(m, images[[1, 0, 1, 1]], base, gates)
     assert (skipped - masked).abs().max() <= 1e-5 and (masked - per_row).abs().max() <= 1e-6
+
+
+def test_output_stride_16_dilates_the_last_stage_and_subnets_stay_exact():
+    m = _model(output_stride=16)
+    images, text = torch.randn(3, 3, SIZE, SIZE), _text(3, seed=5)
+    with torch.no_grad():
+        assert m.backbone.forward_features(images).shape[-1] == SIZE // 16  # 4x the visual tokens of 32
+        gates = _random_gates(m, 3, seed=5)
+        subnet = m.forward_with_gates(images, text, gates)["pred_boxes"]
+        assert (subnet - _masked(m, images, text, gates)).abs().max() <= 1e-5
+    dilated = [b for n, b in m._blocks() if n.startswith("layer4") and n in m.gated_blocks]
+    assert dilated and all(tuple(b.conv2.dilation) == (2, 2) for b in dilated)
+    with pytest.raises(Exception, match="output_stride must be 16 or 32"):
+        _model(output_stride=8)
+
+
+def test_sliced_pointwise_conv3_matches_the_conv():
+    from langground.layers.gated_blocks import Pointwise
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, 1)
+    pw = Pointwise(conv.weight[:, :, 0, 0].t(), conv.bias)
+    x = torch.randn(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert (pw(x) - conv(x)).abs().max() <= 1e-5
+        assert (pw(x.contiguous()) - conv(x)).abs().max() <= 1e-5  # a plain NCHW input too
+    assert (pw.in_channels, pw.out_channels) == (24, 40)

@@ -138,16 +138,45 @@ def fold_block(block: nn.Module) -> nn.Module:
     return FoldedBottleneck(block) if _plain_ok(block) else block
 
 
-def fold_gated(block: nn.Module) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
+def fold_gated(block: nn.Module) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d, Tensor | None]:
     """The three convs of a gated bottleneck with BN1-3 folded in, unsliced, conv2 with one extra ZERO
     output filter and conv3 with one extra ZERO input channel (index ``C``, the padding source): every
-    pattern's :class:`SlicedBottleneck` shares conv1 and slices conv2 / conv3 from these."""
+    pattern's :class:`SlicedBottleneck` shares conv1 and slices conv2 / conv3 from these. The fourth
+    item: a 1x1 conv3's weight as ``(C + 1, C_out)`` rows (None otherwise), so that slicing its inputs is
+    a gather of whole rows instead of a strided one (lads_r50 subnet extraction 4.5 -> 3.4 ms, CPU)."""
     c1, c2, c3 = (fold_conv_bn(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")) for i in (1, 2, 3))
     with torch.no_grad():
         w2, b2, w3 = c2.weight, c2.bias, c3.weight
         c2 = _conv_from(c2, torch.cat([w2, w2.new_zeros(1, *w2.shape[1:])]), torch.cat([b2, b2.new_zeros(1)]))
         c3 = _conv_from(c3, torch.cat([w3, w3.new_zeros(w3.shape[0], 1, *w3.shape[2:])], 1), c3.bias)
-    return c1, c2, c3
+        pointwise = tuple(c3.kernel_size) == (1, 1) and tuple(c3.stride) == (1, 1) and c3.groups == 1
+        rows = c3.weight[:, :, 0, 0].t().contiguous() if pointwise else None
+    return c1, c2, c3, rows
+
+
+class Pointwise(nn.Module):
+    """A 1x1 conv as a matrix product over channels-last pixels, its weight held as ``(C_in, C_out)``
+    rows: ``y[n, :, h, w] = x[n, :, h, w] @ rows + bias`` (the sliced conv3 of a subnet: its kept input
+    channels are rows of ``rows``, gathered without a strided copy). On a channels-last input both
+    permutes are views."""
+
+    def __init__(self, rows: Tensor, bias: Tensor):
+        super().__init__()
+        self.rows = nn.Parameter(rows.contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(bias.contiguous(), requires_grad=False)
+
+    @property
+    def in_channels(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.rows.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.addmm(self.bias, x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), self.rows)
+        n, _, h, w = x.shape
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 class SlicedBottleneck(nn.Module):
@@ -162,7 +191,7 @@ class SlicedBottleneck(nn.Module):
 
     def __init__(self, block: nn.Module, keep: Sequence[int], folded: tuple | None = None, multiple: int = 1):
         super().__init__()
-        c1, c2, c3 = folded if folded is not None else fold_gated(block)
+        c1, c2, c3, rows = folded if folded is not None else fold_gated(block)
         full = block.conv2.out_channels  # c2 / c3 hold one more, zero, channel at index ``full``
         keep = list(keep)
         self.kept = len(keep)
@@ -180,7 +209,11 @@ class SlicedBottleneck(nn.Module):
                 self.conv2 = _conv_from(
                     c2, c2.weight.index_select(0, keep_t), c2.bias.index_select(0, keep_t)
                 )
-                self.conv3 = _conv_from(c3, c3.weight.index_select(1, keep_t), c3.bias.clone())
+                self.conv3 = (
+                    _conv_from(c3, c3.weight.index_select(1, keep_t), c3.bias.clone())
+                    if rows is None
+                    else Pointwise(rows.index_select(0, keep_t), c3.bias.clone())
+                )
             # every filter closed: conv3 sees zeros, the branch is its folded bias
             self.register_buffer("empty_branch", c3.bias.detach().clone(), persistent=False)
 

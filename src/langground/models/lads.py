@@ -65,6 +65,7 @@ class LADSConfig:
     widths: tuple[int, ...] = (16, 32, 48, 64)
     depths: tuple[int, ...] = (2, 2, 2, 2)
     stem_width: int = 16
+    output_stride: int = 32  # 16: the last stage dilated instead of strided (4x the visual tokens)
     backbone_weights: str | None = None
     text_encoder: str = "minilm"  # "minilm" (6-layer BERT-shaped, the paper's) | "gru" | "lstm"
     word_dim: int = 300
@@ -94,6 +95,8 @@ class LADSConfig:
             raise LanggroundError(f"gate_head_init must be 'xavier' or 'small', got {self.gate_head_init!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
+        if self.output_stride not in (16, 32):
+            raise LanggroundError(f"output_stride must be 16 or 32, got {self.output_stride!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

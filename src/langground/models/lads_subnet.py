@@ -16,9 +16,18 @@ def build_resnet(cfg: Any) -> nn.Module:
     from timm.models.resnet import Bottleneck, ResNet
 
     if cfg.backbone == "bottleneck":
-        net = ResNet(Bottleneck, cfg.depths, num_classes=0, channels=cfg.widths, stem_width=cfg.stem_width)
+        net = ResNet(
+            Bottleneck,
+            cfg.depths,
+            num_classes=0,
+            channels=cfg.widths,
+            stem_width=cfg.stem_width,
+            output_stride=cfg.output_stride,
+        )
     else:
-        net = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        net = timm.create_model(
+            cfg.backbone, pretrained=False, num_classes=0, output_stride=cfg.output_stride
+        )
     if cfg.backbone_weights:
         state = {k: v for k, v in read_state_dict(cfg.backbone_weights).items() if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
