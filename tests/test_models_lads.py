@@ -270,6 +270,20 @@ def test_cached_subnets_follow_in_place_weight_changes():
     assert (after - before).abs().max() > 1e-4 and (after - ref).abs().max() <= 1e-5
 
 
+def test_cached_subnets_follow_replaced_parameters():
+    m, other = _model(), _model()
+    with torch.no_grad():
+        for p in other.backbone.parameters():
+            p.mul_(1.5)
+    images, text = torch.randn(2, 3, SIZE, SIZE), _text(2)
+    with torch.no_grad():
+        m(images, text)  # fold + subnet cached over m's own Parameter objects
+        m.load_state_dict(other.state_dict(), assign=True)  # new Parameter objects, not in-place
+        got = m(images, text)["pred_boxes"]
+        want = other(images, text)["pred_boxes"]
+    assert (got - want).abs().max() <= 1e-5
+
+
 def test_build_subnet_needs_eval_and_options_are_checked():
     m = _model().train()
     with pytest.raises(ValueError, match="eval"):

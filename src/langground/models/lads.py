@@ -145,6 +145,7 @@ class LADS(GroundingModel):
             self._offsets.append(self._offsets[-1] + c)
         self._subnets: OrderedDict[tuple, LADSSubnet] = OrderedDict()
         self._fold_cache: tuple[tuple, dict[str, Any]] | None = None
+        self._backbone_tensors: list[Tensor] | None = None  # walked once: the module traversal is 0.4 ms
         for m in (*self.fusion, self.box_head, self.input_proj):  # the paper's Xavier init of the rest
             for p in m.parameters():
                 if p.dim() > 1:
@@ -243,9 +244,9 @@ class LADS(GroundingModel):
     def _folded(self) -> dict[str, Any]:
         """The parts every pattern shares, BatchNorm folded into the convs (eval): the stem, the
         always-run blocks and each gated block's three convs (unsliced); rebuilt when a backbone weight changes."""
-        key = tuple(
-            (t.data_ptr(), t._version) for t in (*self.backbone.parameters(), *self.backbone.buffers())
-        )
+        if self._backbone_tensors is None:
+            self._backbone_tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
+        key = tuple((t.data_ptr(), t._version) for t in self._backbone_tensors)
         if self._fold_cache is None or self._fold_cache[0] != key:
             b, gated = self.backbone, set(self.gated_blocks)
             parts: dict[str, nn.Module] = {
@@ -347,10 +348,21 @@ class LADS(GroundingModel):
         }
         return out
 
-    def train(self, mode: bool = True) -> LADS:
+    def _drop_caches(self) -> None:
         self._subnets.clear()
-        self._fold_cache = None
+        self._fold_cache = self._backbone_tensors = None
+
+    def train(self, mode: bool = True) -> LADS:
+        self._drop_caches()
         return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LADS:  # .to() / .cuda() / .half() may swap tensors
+        self._drop_caches()
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._drop_caches()  # assign=True replaces the Parameters themselves
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 # ----------------------------------------------------------------------------- registered variants
