@@ -152,7 +152,11 @@ i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(5 * images.detach() @ T.t
 import json, sys
 open(sys.argv[1] + f"/rank{r}.json", "w").write(json.dumps([float(loss), float((t2i + i2t) / 2), bool(images.grad.abs().sum() > 0)]))
 dist.barrier()
-dist.destroy_process_group()  # an undestroyed gloo group can abort the interpreter at exit
+dist.destroy_process_group()
+# Skip interpreter finalisation: gloo work objects still holding tensors of the autograd collectives
+# can abort it (SIGABRT, 'terminate called without an active exception', pytorch/pytorch#179291);
+# the results are written and the group is destroyed.
+import os; sys.stdout.flush(); os._exit(0)
 """
 )
 

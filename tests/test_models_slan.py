@@ -241,7 +241,11 @@ DDP = textwrap.dedent(
     state = {k: v.tolist() for k, v in module.state_dict().items()}
     open(sys.argv[1] + f"/rank{r}.json", "w").write(json.dumps({"steps": res, "state": state}))
     dist.barrier()
-    dist.destroy_process_group()  # an undestroyed gloo group can abort the interpreter at exit
+    dist.destroy_process_group()
+    # Skip interpreter finalisation: gloo work objects still holding tensors of the autograd collectives
+    # can abort it (SIGABRT, 'terminate called without an active exception', pytorch/pytorch#179291);
+    # the results are written and the group is destroyed.
+    import os; sys.stdout.flush(); os._exit(0)
     """
 )
 INPUTS = textwrap.dedent(
