@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from langground._hardware import cpu_bf16_runs
 from langground.config import load_config, load_preset
 from langground.data.synthetic import SynthConfig, generate_world
 from langground.engine import builders
@@ -382,7 +383,7 @@ def test_precision_resolution():
     assert auto.dtype == (torch.bfloat16 if builders.cpu_supports_bf16() else None) and not auto.scaler
 
 
-@pytest.mark.skipif(not builders.cpu_supports_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not cpu_bf16_runs(), reason="this CPU cannot run bf16 at all")
 def test_bf16_autocast_on_cpu(world, tmp_path):
     trainer = Trainer(tiny(world, "run.max_steps=2", "run.amp=bf16"), tmp_path / "run", console=quiet())
     trainer.setup()

@@ -197,3 +197,38 @@ def test_minilm_encoder_offline(monkeypatch):
     assert out["pred_boxes"].shape == (2, 4)
     frozen = create_model("laconvnet_t", text_encoder="minilm", freeze_text_encoder=True, input_size=64)
     assert not any(p.requires_grad for p in frozen.text_encoder.bert.parameters())
+
+
+def test_frozen_minilm_caches_each_sequence_once_and_matches_the_uncached_encoder(monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    m = create_model("laconvnet_t", text_encoder="minilm", freeze_text_encoder=True, input_size=64)
+    enc = m.text_encoder.train()
+    assert not enc.bert.training  # frozen: no dropout even in train mode, so outputs are a fixed function
+    calls = []
+    enc.bert.register_forward_hook(lambda mod, args, kwargs_out: calls.append(1))
+    batch = _batch()
+    first = enc(batch)
+    assert len(calls) == 1 and len(enc._cache) == 2
+    again = enc(batch)  # every sequence cached: BERT does not run
+    assert len(calls) == 1
+    torch.testing.assert_close(again.tokens, first.tokens)
+    uncached = enc.encode_ids(*_hf_inputs(enc, batch))
+    real = first.mask
+    torch.testing.assert_close(first.tokens[real], uncached.tokens[real], atol=1e-5, rtol=1e-5)
+    assert torch.equal(first.word_index, uncached.word_index)
+    # the proj is still trained through the cache
+    first.tokens[real].sum().backward()
+    assert enc.proj.weight.grad is not None and enc.proj.weight.grad.abs().sum() > 0
+    enc.to(torch.float64)  # a dtype or device move drops the cache
+    assert enc._cache == {}
+    enc.cache_size = 1  # a full cache is emptied, not grown past its size
+    enc.to(torch.float32)(batch)
+    assert len(enc._cache) == 2 and len(calls) == 3  # (the uncached encode_ids call ran it once too)
+
+
+def _hf_inputs(enc, batch):
+    from langground.models.text_encoders import hf_tokenize
+
+    return hf_tokenize(enc.tokenizer, batch, enc.max_length)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from langground._hardware import cpu_bf16_native
 from langground.layers.conv import fuse_bn_
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -17,7 +18,7 @@ def bf16_supported(device: str = "cpu") -> bool:
     """True when bf16 matmuls run natively (CPU: AVX512-BF16 / AMX via oneDNN; CUDA: sm80+)."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cpu_bf16_native()
 
 
 def prepare_for_inference(

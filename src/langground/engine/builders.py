@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from langground._hardware import cpu_bf16_native, cpu_bf16_runs
 from langground.config import Config, DataConfig, RunConfig
 from langground.errors import DataError, LanggroundError
 from langground.tasks import get_task
@@ -56,10 +57,7 @@ def resolve_device(name: str, local_rank: int = 0, option: str = "config run.dev
 
 def cpu_supports_bf16() -> bool:
     """bf16 autocast on CPU pays off only with native bf16 instructions (AVX512-BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return cpu_bf16_native()
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,9 @@ def resolve_precision(mode: str, device: torch.device) -> Precision:
         if device.type != "cuda":
             raise LanggroundError("config run.amp='fp16' needs a CUDA device; use 'bf16' or 'none' on CPU")
         return Precision(torch.float16, True)
-    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+    # An explicit bf16 is honoured wherever it runs (emulated on CPUs without bf16 instructions: slow);
+    # auto picks it on CPU only where it is native.
+    bf16_ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_bf16_runs()
     if mode == "bf16":
         if not bf16_ok:
             raise LanggroundError(f"config run.amp='bf16': not supported on {device}; use 'none' or 'auto'")
@@ -89,7 +89,7 @@ def resolve_precision(mode: str, device: torch.device) -> Precision:
     if mode == "auto":
         if device.type == "cuda":
             return Precision(torch.bfloat16, False) if bf16_ok else Precision(torch.float16, True)
-        return Precision(torch.bfloat16, False) if bf16_ok else Precision(None, False)
+        return Precision(torch.bfloat16, False) if cpu_supports_bf16() else Precision(None, False)
     raise LanggroundError(f"config run.amp={mode!r}: expected none, auto, bf16 or fp16")
 
 

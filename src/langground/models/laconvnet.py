@@ -191,7 +191,7 @@ class LaConvBackbone(nn.Module):
 class LaConvNet(GroundingModel):
     """LaConvNet with the head(s) of its task; see the module docstring for variants and options."""
 
-    supported_tasks = ("rec", "res", "gref", "gres", "vqa")
+    supported_tasks = ("rec", "res", "recres", "gref", "gres", "vqa")
     size_divisor = 32
 
     def __init__(

@@ -213,6 +213,7 @@ class MiniLMTextEncoder(nn.Module):
         max_length: int = 128,
         source: str | os.PathLike | None = None,
         bert_config: dict | None = None,
+        cache_size: int = 200_000,
     ):
         """``source``: a local Hugging Face checkpoint directory instead of MiniLM; ``bert_config``:
         ``transformers.BertConfig`` fields of a randomly initialised BERT (``{}`` is BERT-base) that
@@ -244,16 +245,52 @@ class MiniLMTextEncoder(nn.Module):
             raise LanggroundError(
                 f"text_encoder: {path}: cannot load a tokenizer and encoder ({msg})"
             ) from None
+        self.frozen = freeze
         if freeze:
             self.bert.requires_grad_(False)
+            self.bert.eval()  # a frozen encoder is a fixed function: no dropout, so its outputs can be cached
         self.proj = nn.Linear(self.bert.config.hidden_size, out_dim)
         self.max_length = max_length
         self.out_dim = out_dim
+        self.cache_size = cache_size
+        # token ids of one sequence -> its (L, hidden) outputs; not state: rebuilt from the weights
+        self._cache: dict[tuple[int, ...], Tensor] = {}
+
+    def train(self, mode: bool = True) -> MiniLMTextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.bert.eval()
+        return self
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._cache.clear()  # .to() / .half(): cached outputs would have the old device or dtype
+        return super()._apply(fn, recurse)
 
     def forward(self, text: TextBatch) -> TextFeatures:
         ids, mask, word_index = hf_tokenize(self.tokenizer, text, self.max_length)
         device = self.proj.weight.device
-        return self.encode_ids(ids.to(device), mask.to(device), word_index.to(device))
+        ids, mask, word_index = ids.to(device), mask.to(device), word_index.to(device)
+        if self.frozen and self.cache_size > 0 and not torch.jit.is_tracing():
+            return TextFeatures(self.proj(self._cached_hidden(ids, mask)), mask.bool(), word_index)
+        return self.encode_ids(ids, mask, word_index)
+
+    def _cached_hidden(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The frozen encoder's ``(N, L_tok, hidden)`` outputs, each distinct token sequence run once: a
+        training set repeats its expressions every epoch, so after the first one the encoder is free."""
+        lengths = mask.sum(1).tolist()
+        keys = [tuple(row[:n].tolist()) for row, n in zip(ids, lengths, strict=True)]
+        missing = list({k: i for i, k in enumerate(keys) if k not in self._cache}.values())
+        if missing:
+            if len(self._cache) + len(missing) > self.cache_size:
+                self._cache.clear()
+            with torch.no_grad():
+                hidden = self.bert(input_ids=ids[missing], attention_mask=mask[missing].long()).last_hidden_state
+            for j, i in enumerate(missing):
+                self._cache[keys[i]] = hidden[j, : lengths[i]].clone()
+        out = ids.new_zeros((*ids.shape, self.bert.config.hidden_size), dtype=self.proj.weight.dtype)
+        for i, k in enumerate(keys):
+            out[i, : lengths[i]] = self._cache[k]
+        return out
 
     def encode_ids(
         self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor | None
@@ -303,7 +340,10 @@ def build_text_encoder(
     max_length: int = 128,
 ) -> nn.Module:
     """``kind``: ``"lstm"`` (the paper's), ``"gru"``, ``"minilm"``, ``"bert-base"`` (BERT-base shape, random
-    init, MiniLM's vocabulary) or the path of a local Hugging Face checkpoint directory."""
+    init, MiniLM's vocabulary) or the path of a local Hugging Face checkpoint directory.
+
+    A frozen pretrained encoder (``freeze=True``) runs in eval mode and caches its outputs per distinct
+    token sequence (``MiniLMTextEncoder.cache_size`` of them), so training pays for it once per expression."""
     if kind in ("lstm", "gru"):
         enc = RNNTextEncoder(
             vocab_size, word_dim, hidden, kind, heads, ffn, dropout, glove_path, vocab, freeze_embeddings
