@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -144,3 +145,46 @@ def test_run_state_decides_fresh_resume_or_done(tmp_path):
     other = load_preset("synth-laconvnet-t-rec", ["transforms.input_size=96"])
     with pytest.raises(LanggroundError, match="another config"):
         _run_state(run, other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "metric"), [("res", "res/oiou"), ("gref", "grec/prec@f1"), ("vqa", "vqa/acc")]
+)
+def test_demo_trains_and_scores_every_task(tmp_path, task, metric):
+    _mount()
+    args = ["demo", "--task", task, "--out", str(tmp_path), "--examples", "4"]
+    for item in TOY:
+        args += ["--set", item.replace("run.max_steps=24", "run.max_steps=4")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["task"] == task and summary["metric"] == metric and summary["bar"] is None
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("kind") == "val" and metric in r for r in lines)  # the preset trained this task
+    for split in ("testA", "cogentB"):
+        fig = summary["splits"][split]
+        assert fig["metric"] == metric and 0.0 <= fig["value"] <= 1.0 and fig["count"] > 0
+        assert fig["metrics"][metric] == fig["value"]
+        assert fig["per_family"] and all(0.0 <= v <= 1.0 for v in fig["per_family"].values())
+    assert "bar (" not in res.stdout  # the 90% bar is REC's
+    with Image.open(tmp_path / "predictions_grid.png") as grid:
+        assert grid.width > 4 * 100
+
+
+def test_demo_rejects_an_unknown_task(tmp_path):
+    _mount()
+    res = CliRunner().invoke(app, ["demo", "--task", "caption", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "--task 'caption': expected one of rec, res, gref, vqa" in res.output
+
+
+def test_tile_verdicts_count_every_referent_and_no_target():
+    from langground.cli.demo import _tile_verdict
+
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert _tile_verdict([[0, 0, 10, 10], [20, 20, 30, 30]], gt, False) == (True, "2/2 found, 2 box(es)")
+    assert _tile_verdict([[0, 0, 10, 10]], gt, False)[0] is False  # one referent missed
+    assert _tile_verdict([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], gt, False)[0] is False
+    assert _tile_verdict([[1, 1, 10, 10]], gt[:1], False) == (True, "IoU 0.81")
+    assert _tile_verdict([], np.zeros((0, 4), np.float32), True) == (True, "no target: none predicted")
+    assert _tile_verdict([[0, 0, 5, 5]], np.zeros((0, 4), np.float32), True)[0] is False

@@ -162,3 +162,26 @@ def test_unknown_or_empty_pattern_is_a_one_line_error():
     # a pattern that matches only frozen parameters is no typo: no error, and no group
     frozen = OptimConfig(groups=[ParamGroupConfig(params=["backbone.0.*"], lr=1.0)])
     assert [g["name"] for g in build_optimizer(Toy(), frozen).param_groups] == ["default"]
+
+
+def test_budget_clock_decays_on_time_when_time_runs_out_before_the_steps():
+    cfg = ScheduleConfig(name="cosine", clock="budget", min_lr_ratio=0.1)
+    # steps ahead of time: the step count drives the decay, as with clock "steps"
+    assert lr_factor(500, cfg, 1000, 100, budget_spent=0.2) == pytest.approx(lr_factor(500, cfg, 1000, 100))
+    # time ahead of steps (a slow machine): half the budget spent at step 100 is the cosine's midpoint,
+    # and a spent budget is the floor whatever the step
+    assert lr_factor(100, cfg, 1000, 100, budget_spent=0.5) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(300, cfg, 1000, 100, budget_spent=1.3) == pytest.approx(0.1)
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    spent = [0.0]
+    sched = build_scheduler(opt, cfg, 1000, 100, budget_spent=lambda: spent[0])
+    spent[0] = 0.999
+    sched.step()  # step 1 of 1000, the budget nearly gone
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1, abs=1e-4)
+
+
+def test_budget_clock_needs_a_time_budget():
+    from langground.config import load_preset
+
+    with pytest.raises(LanggroundError, match="schedule.clock.*run.max_minutes"):
+        load_preset("synth-laconvnet-t-rec", ["schedule.clock=budget", "run.max_minutes=null"])

@@ -187,3 +187,30 @@ def test_text_gate_multiplies_each_scale_by_a_projection_of_the_expression():
     shift = "pool.score.3.bias"
     assert grads[shift] is not None and grads[shift].abs().max() < 1e-6
     assert all(g is not None and g.abs().sum() > 1e-4 for n, g in grads.items() if n != shift), grads
+
+
+def test_text_match_objectness_is_the_scaled_cosine_of_cell_and_expression():
+    from langground.models.heads import TextMatch
+
+    torch.manual_seed(0)
+    match = TextMatch(dim=8, text_dim=6, embed_dim=4, init_scale=10.0)
+    feats, text = torch.randn(2, 8, 3, 3), torch.randn(2, 5, 6)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 2:] = False
+    got = match(feats, text, mask)
+    v = torch.nn.functional.normalize(match.visual(feats), dim=1)
+    t = torch.nn.functional.normalize(match.pool(text, mask), dim=-1)
+    want = 10.0 * (v * t[:, :, None, None]).sum(1, keepdim=True)
+    assert got.shape == (2, 1, 3, 3) and torch.allclose(got, want, atol=1e-5)
+    assert got.abs().max() <= 10.0 + 1e-4  # a cosine times the temperature
+    text2 = text.clone()
+    text2[1, 2:] = 50.0  # padded words change nothing
+    assert torch.allclose(match(feats, text2, mask), got)
+    # in the REC model the objectness is the head's logit plus this term, and both train
+    m = _model("rec", match_objectness=True).train()
+    assert m.box_head.match is not None and _model("rec").box_head.match is None
+    out = m(torch.randn(2, 3, SIZE, SIZE), _text())
+    out["pred_box_logits"].sum().backward()
+    assert m.box_head.match.log_scale.grad is not None and m.box_head.match.visual.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the text features"):
+        m.box_head(torch.randn(1, m.config.neck_dim, 4, 4))

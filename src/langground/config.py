@@ -155,9 +155,13 @@ class ScheduleConfig:
             at each of ``milestones`` epochs), ``constant`` or ``plateau`` (times ``gamma`` when the
             epoch's mean training loss has not improved for ``patience`` epochs: DMN §4.3).
         warmup_epochs: linear warm-up length in epochs (fractions allowed), from ``warmup_start * lr``.
+        clock: what the cosine decay runs on: ``steps`` (step / total steps) or ``budget`` (the larger of
+            that and the fraction of ``run.max_minutes`` of training time spent, so the lr reaches its
+            floor when the time limit stops the run, however fast the machine is).
     """
 
     name: Literal["cosine", "multistep", "constant", "plateau"] = "cosine"
+    clock: Literal["steps", "budget"] = "steps"
     warmup_epochs: float = 0.0
     warmup_start: float = 0.01
     min_lr_ratio: float = 0.0
@@ -325,6 +329,13 @@ class Config:
             (0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "a number in [0, 1]"),
             (s.gamma > 0, "schedule.gamma", s.gamma, "a positive number"),
             (s.patience >= 0, "schedule.patience", s.patience, ">= 0 epochs"),
+            (s.clock in ("steps", "budget"), "schedule.clock", s.clock, "steps or budget"),
+            (
+                s.clock != "budget" or r.max_minutes is not None,
+                "schedule.clock",
+                s.clock,
+                "'steps' unless run.max_minutes sets a time budget",
+            ),
             (
                 t.input_size >= 32 and t.input_size % 32 == 0,
                 "transforms.input_size",

@@ -1,10 +1,12 @@
 """``langground demo --out DIR`` (what ``make demo`` runs): grounding from nothing, on 2 CPU cores.
 
 1. the synthetic world in ``DIR/data/synth`` (generated once, reused afterwards),
-2. ``synth-laconvnet-t-rec`` trained into ``DIR/run`` (resumed if interrupted, reused when finished),
+2. ``synth-laconvnet-t-<task>`` trained into ``DIR/run`` (resumed if interrupted, reused when finished),
 3. its best weights evaluated on ``testA`` and the CoGenT condition-B split ``cogentB``, per family,
 4. ``DIR/predictions_grid.png``: held-out scenes with their expressions, ground truth and predictions,
 5. ``DIR/summary.json``: the figures.
+
+``--task`` picks REC (default), RES, generalized REC or VQA; each has its own preset.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ import typer
 
 from langground.cli._common import console, err_console, user_errors
 from langground.errors import LanggroundError
+from langground.tasks import get_task
 
 DEMO_PRESET = "synth-laconvnet-t-rec"
+#: ``--task`` -> its preset; each trains LaConvNet-T from scratch in ~10 CPU minutes.
+DEMO_TASKS = {
+    "rec": DEMO_PRESET,
+    "res": "synth-laconvnet-t-res",
+    "gref": "synth-laconvnet-t-gref",
+    "vqa": "synth-laconvnet-t-vqa",
+}
 EVAL_SPLITS = ("testA", "cogentB")
 #: The bar of the issue: REC Prec@0.5 on synthetic testA within 10 minutes of training on 2 cores.
 BAR = 0.90
@@ -82,25 +92,51 @@ def _pick_examples(records: Any, count: int, seed: int = 0) -> list[Any]:
 
 
 def draw_grid(grounder: Any, samples: list[tuple[str, Any]], path: Path, title: str) -> None:
-    """The prediction grid: one tile per (split, record), written atomically."""
+    """The prediction grid: one tile per (split, record), written atomically. Boxes for REC / RES (the
+    mask drawn too) / generalized REC (every kept box), the answer against the truth for VQA."""
     from langground.cli.predict import save_atomically
     from langground.inference.images import load_image
     from langground.inference.visualize import draw_grounding_tile, grid
-    from langground.ops.boxes import box_iou
 
     tiles = []
     for split, rec in samples:
         image = load_image(rec.image_path)
         (result,) = grounder.predict(image, [rec.text])
-        box = result["box"]
-        pred = None if box is None else [box["xmin"], box["ymin"], box["xmax"], box["ymax"]]
+        if grounder.answers_questions:
+            answer = result.get("answer")
+            ok = answer is not None and answer == rec.answer
+            note = f"{split} · {rec.family or '-'} · {answer} (truth: {rec.answer})"
+            tiles.append(draw_grounding_tile(image, rec.text, None, (), correct=ok, note=note))
+            continue
         gt = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
-        iou = (
-            float(box_iou(np.asarray([pred], np.float32), gt).max()) if pred is not None and len(gt) else 0.0
+        boxes = [b["box"] for b in result.get("boxes") or []] if grounder.task == "gref" else []
+        if not boxes and result["box"] is not None:
+            boxes = [result["box"]]
+        preds = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in boxes]
+        ok, what = _tile_verdict(preds, gt, rec.no_target)
+        note = f"{split} · {rec.family or '-'} · {what}"
+        tiles.append(
+            draw_grounding_tile(
+                image, rec.text, preds, gt.tolist(), correct=ok, note=note, pred_mask=result.get("mask")
+            )
         )
-        note = f"{split} · {rec.family or '-'} · IoU {iou:.2f}"
-        tiles.append(draw_grounding_tile(image, rec.text, pred, gt.tolist(), correct=iou >= 0.5, note=note))
     save_atomically(grid(tiles, cols=4, title=title), path, "PNG")
+
+
+def _tile_verdict(preds: list[list[float]], gt: np.ndarray, no_target: bool) -> tuple[bool, str]:
+    """Hit or miss of one tile: every referent matched at IoU >= 0.5 by a distinct box and no extra box
+    (one box for REC: its IoU); an empty answer for a no-target expression."""
+    from langground.ops.boxes import box_iou
+
+    if no_target or not len(gt):
+        return not preds, "no target: " + ("none predicted" if not preds else f"{len(preds)} box(es)")
+    if not preds:
+        return False, "no box predicted"
+    iou = box_iou(np.asarray(preds, np.float32), gt)  # (P, G)
+    if len(preds) == 1 and len(gt) == 1:
+        return bool(iou[0, 0] >= 0.5), f"IoU {float(iou[0, 0]):.2f}"
+    matched = int(((iou >= 0.5).any(axis=0)).sum())
+    return matched == len(gt) and len(preds) == len(gt), f"{matched}/{len(gt)} found, {len(preds)} box(es)"
 
 
 def _family_rows(metrics: dict[str, float], key: str = "rec/prec@0.5") -> dict[str, float]:
@@ -111,8 +147,11 @@ def _family_rows(metrics: dict[str, float], key: str = "rec/prec@0.5") -> dict[s
 @user_errors
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Demo directory (world, run, pictures)."),
-    preset: str = typer.Option(
-        DEMO_PRESET, "--preset", "-p", help="Preset to train (the demo's by default)."
+    task: str = typer.Option(
+        "rec", "--task", "-t", help=f"What the demo learns: {', '.join(DEMO_TASKS)} (each has its preset)."
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="Preset to train (default: the task's demo preset)."
     ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.path=value."),
     examples: int = typer.Option(16, "--examples", min=1, help="Scenes in the prediction grid."),
@@ -127,7 +166,9 @@ def demo(
     from langground.engine.train import TrainingDiverged, train
     from langground.inference.grounder import Grounder
 
-    config = load_preset(preset, overrides)
+    if task not in DEMO_TASKS:
+        raise LanggroundError(f"--task {task!r}: expected one of {', '.join(DEMO_TASKS)}")
+    config = load_preset(preset or DEMO_TASKS[task], overrides)
     if not any(o.split("=", 1)[0].strip() == "data.root" for o in overrides):
         config.data.root = str(out / "data" / "synth")
     # The demo evaluates testA / cogentB itself (per family, with the grid); no test pass inside training.
@@ -194,12 +235,7 @@ def demo(
             ckpt.model, records, ckpt.config, ckpt.vocab, ckpt.answers, device=torch.device("cpu")
         )
         print_result(res, console, title=f"{split} ({res.task}, {res.count} expressions)")
-        figures[split] = {
-            "prec@0.5": res.metrics.get("rec/prec@0.5"),
-            "miou": res.metrics.get("rec/miou"),
-            "count": res.count,
-            "per_family_prec@0.5": _family_rows(res.metrics),
-        }
+        figures[split] = split_figures(res.metrics, res.task, res.count)
 
     # 4. the picture grid
     grounder = Grounder.from_pretrained(ckpt.path, device="cpu")
@@ -207,10 +243,12 @@ def demo(
     samples = [("testA", r) for r in _pick_examples(records_by_split["testA"], examples - n_b)]
     samples += [("cogentB", r) for r in _pick_examples(records_by_split["cogentB"], n_b, seed=1)]
     grid_path = out / "predictions_grid.png"
-    a, b = figures["testA"]["prec@0.5"], figures["cogentB"]["prec@0.5"]
+    primary = get_task(config.model.task).primary_metric
+    a, b = (figures[sp]["value"] for sp in EVAL_SPLITS)
+    legend = "answer vs truth" if grounder.answers_questions else "green: hit, red: miss, dashed white: truth"
     title = (
-        f"{config.model.name} after {train_min:.1f} min of training: testA Prec@0.5 {100 * (a or 0):.1f}%, "
-        f"CoGenT-B {100 * (b or 0):.1f}%   (green: IoU >= 0.5, red: miss, dashed white: ground truth)"
+        f"{config.model.name} after {train_min:.1f} min of training: {primary} testA {100 * (a or 0):.1f}%, "
+        f"CoGenT-B {100 * (b or 0):.1f}%   ({legend})"
     )
     draw_grid(grounder, samples, grid_path, title)
 
@@ -223,18 +261,41 @@ def demo(
         "steps": run_result.get("step"),
         "epochs": run_result.get("epoch"),
         "threads": config.run.num_threads,
-        "bar": {"prec@0.5": BAR, "minutes": 10.0},
+        "task": config.model.task,
+        "metric": primary,
+        "bar": {"prec@0.5": BAR, "minutes": 10.0} if config.model.task == "rec" else None,
         "splits": figures,
         "grid": str(grid_path),
     }
     with open(out / ".summary.json.tmp", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     os.replace(out / ".summary.json.tmp", out / "summary.json")
-    met = a is not None and a >= BAR and train_min <= 10.0
-    console.print(
-        f"[bold]4/4[/] {grid_path}\n"
-        f"testA Prec@0.5 = {100 * (a or 0):.2f}%  |  CoGenT-B Prec@0.5 = {100 * (b or 0):.2f}%  |  "
-        f"{train_min:.1f} min of training  ->  bar (>= {100 * BAR:.0f}% within 10 min): "
-        f"{'[green]met[/]' if met else '[red]not met[/]'}",
-        highlight=False,
+    figures_line = (
+        f"testA {primary} = {100 * (a or 0):.2f}%  |  CoGenT-B {primary} = {100 * (b or 0):.2f}%  |  "
+        f"{train_min:.1f} min of training"
     )
+    if config.model.task == "rec":  # the bar is REC's
+        met = a is not None and a >= BAR and train_min <= 10.0
+        figures_line += (
+            f"  ->  bar (>= {100 * BAR:.0f}% within 10 min): {'[green]met[/]' if met else '[red]not met[/]'}"
+        )
+    console.print(f"[bold]4/4[/] {grid_path}\n{figures_line}", highlight=False)
+
+
+def split_figures(metrics: dict[str, float], task: str, count: int) -> dict[str, Any]:
+    """One split's figures for the summary: the task's primary metric (``value``) per family, its other
+    headline metrics, and for REC the classic ``prec@0.5`` / ``miou`` / ``per_family_prec@0.5``."""
+    primary = get_task(task).primary_metric
+    prefix = primary.split("/")[0] + "/"
+    out: dict[str, Any] = {
+        "metric": primary,
+        "value": metrics.get(primary),
+        "count": count,
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(prefix) and "/family/" not in k},
+        "per_family": _family_rows(metrics, primary),
+    }
+    if task == "rec":
+        out["prec@0.5"] = metrics.get("rec/prec@0.5")
+        out["miou"] = metrics.get("rec/miou")
+        out["per_family_prec@0.5"] = _family_rows(metrics)
+    return out

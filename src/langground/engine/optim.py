@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 
 import torch
@@ -121,14 +122,20 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return out
 
 
-def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base lr at optimiser step ``step`` (0-based) of ``total_steps``."""
+def lr_factor(
+    step: int, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int, budget_spent: float = 0.0
+) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``budget_spent``: the fraction of the time budget used so far (``schedule.clock: budget``); the
+    cosine then runs on whichever of steps and time is further along.
+    """
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
     if step < warmup:
         return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / warmup
     if cfg.name == "cosine":
         span = max(total_steps - warmup - 1, 1)
-        progress = min(max(step - warmup, 0) / span, 1.0)
+        progress = min(max(max(step - warmup, 0) / span, budget_spent), 1.0)
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.name == "multistep":
         bounds = sorted(int(round(m * steps_per_epoch)) for m in cfg.milestones)
@@ -166,8 +173,17 @@ class PlateauLR(LambdaLR):
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    total_steps: int,
+    steps_per_epoch: int,
+    budget_spent: Callable[[], float] | None = None,
 ) -> LambdaLR:
+    """``budget_spent``: the fraction of the run's time budget used so far, read at every step when
+    ``cfg.clock == "budget"``."""
     if cfg.name == "plateau":
         return PlateauLR(optimizer, cfg, total_steps, steps_per_epoch)
+    if cfg.clock == "budget" and budget_spent is not None:
+        spent = budget_spent
+        return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch, spent()))
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch))

@@ -189,8 +189,15 @@ class Trainer:
     def _setup_optimisation(self) -> None:
         cfg = self.config
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch)
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, self._budget_spent
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
+
+    def _budget_spent(self) -> float:
+        """Fraction of ``run.max_minutes`` of training time used (0 before the state exists or without one)."""
+        progress, minutes = getattr(self, "progress", None), self.config.run.max_minutes
+        return 0.0 if progress is None or not minutes else progress.train_seconds / (60.0 * minutes)
 
     def _setup_state(self) -> None:
         """Trainer state (restored when resuming), callbacks; then the run directory's files and the log."""

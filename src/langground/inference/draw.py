@@ -207,21 +207,31 @@ def _short(text: str, limit: int = 48) -> str:
 def draw_grounding_tile(
     image: Image.Image,
     expression: str,
-    pred_box: Sequence[float] | None,
+    pred_box: Sequence[float] | Sequence[Sequence[float]] | None,
     gt_boxes: Sequence[Sequence[float]] = (),
     correct: bool | None = None,
     note: str = "",
     tile_width: int = 240,
+    pred_mask: Any = None,
 ) -> Image.Image:
-    """One cell of a prediction grid: dashed white ground truth, prediction green (hit) or red (miss)."""
+    """One cell of a prediction grid: dashed white ground truth, prediction green (hit) or red (miss).
+
+    ``pred_box``: one xyxy box, a list of them (generalized REC) or None; ``pred_mask`` (bool array or
+    PIL "L") is blended in the same colour under the boxes.
+    """
+    color = PALETTE[0] if correct is None else (GOOD if correct else BAD)
     out = image.convert("RGB")
+    if pred_mask is not None:
+        out = overlay_mask(out, pred_mask, color)
     draw = ImageDraw.Draw(out)
     width = line_width(out.size)
     for gt in gt_boxes:
         draw_box(draw, gt, TRUTH, width, dashed=True)
-    color = PALETTE[0] if correct is None else (GOOD if correct else BAD)
-    if pred_box is not None:
-        draw_box(draw, pred_box, color, width)
+    boxes = [] if pred_box is None or not len(pred_box) else pred_box
+    if boxes and not isinstance(boxes[0], Sequence | np.ndarray):
+        boxes = [boxes]
+    for box in boxes:
+        draw_box(draw, box, color, width)
     size = max(11, tile_width // 17)
     caption = expression + (f"  [{note}]" if note else "")
     return with_caption(_fit(out, tile_width), caption, size)

@@ -127,12 +127,20 @@ class BoxHead(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, dim: int = 256, num_convs: int = 2, radius: float = 2.0, act: str = "silu"
+        self,
+        in_dim: int,
+        dim: int = 256,
+        num_convs: int = 2,
+        radius: float = 2.0,
+        act: str = "silu",
+        text_dim: int | None = None,
     ):
+        """``text_dim``: add a text-matching term to the objectness (:class:`TextMatch`, ours)."""
         super().__init__()
         self.stem = ConvBNAct(in_dim, dim, 1, act=act)
         self.convs = nn.Sequential(*[ConvBNAct(dim, dim, 3, act=act) for _ in range(num_convs)])
         self.pred = nn.Conv2d(dim, 5, 1)
+        self.match = TextMatch(dim, text_dim) if text_dim else None
         self.radius = radius
         with torch.no_grad():
             self.pred.weight.normal_(std=0.01)
@@ -140,8 +148,15 @@ class BoxHead(nn.Module):
             self.pred.bias[2:4] = math.log(0.2 / 0.8)  # boxes start at 20% of the canvas
             self.pred.bias[4] = -math.log((1 - 0.01) / 0.01)  # objectness prior 0.01
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        out = self.pred(self.convs(self.stem(x))).float()  # (B, 5, h, w)
+    def forward(
+        self, x: Tensor, text: Tensor | None = None, text_mask: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        feats = self.convs(self.stem(x))
+        out = self.pred(feats).float()  # (B, 5, h, w)
+        if self.match is not None:
+            if text is None:
+                raise ValueError("BoxHead built with text_dim needs the text features")
+            out = torch.cat((out[:, :4], out[:, 4:] + self.match(feats, text, text_mask)), dim=1)
         b, _, h, w = out.shape
         ys = (torch.arange(h, device=out.device, dtype=out.dtype) + 0.5) / h
         xs = (torch.arange(w, device=out.device, dtype=out.dtype) + 0.5) / w
@@ -155,6 +170,27 @@ class BoxHead(nn.Module):
             "centers": centers,  # (N, 2) normalized (cx, cy) of each cell
             "cell": torch.tensor([1.0 / w, 1.0 / h], device=out.device),
         }
+
+
+class TextMatch(nn.Module):
+    """Objectness from matching: the cosine of each cell's feature and the pooled expression, times a
+    learned temperature (ours, a CLIP-style region-text score). The cells then compete by how well they
+    fit the words from the first step, instead of by a saliency the words reach only through the
+    kernels that shaped the map.
+
+    ``forward(feats (B, C, h, w), text (B, L, D), mask) -> (B, 1, h, w)`` logits.
+    """
+
+    def __init__(self, dim: int, text_dim: int, embed_dim: int = 64, init_scale: float = 10.0):
+        super().__init__()
+        self.pool = AttentionPool(text_dim, embed_dim, dropout=0.0)
+        self.visual = nn.Conv2d(dim, embed_dim, 1)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+
+    def forward(self, feats: Tensor, text: Tensor, text_mask: Tensor | None) -> Tensor:
+        v = F.normalize(self.visual(feats).float(), dim=1)
+        t = F.normalize(self.pool(text.to(feats.dtype), text_mask).float(), dim=-1)
+        return self.log_scale.exp() * torch.einsum("bchw,bc->bhw", v, t)[:, None]
 
 
 class SegHead(nn.Module):

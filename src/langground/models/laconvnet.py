@@ -97,6 +97,7 @@ class LaConvNetConfig:
     neck_dim: int = 288
     neck_depth: int = 1
     neck_text_gate: bool = False  # MCN-style fusion [54]: C3..C5 times a projection of the expression
+    match_objectness: bool = False  # ours: objectness + cosine(cell feature, pooled expression)
     det_stride: int = 32
     det_convs: int = 2
     seg_dim: int = 128
@@ -221,7 +222,13 @@ class LaConvNet(GroundingModel):
             self.neck = MultiScaleFusion(
                 (dims[2], dims[3], dims[4]), cfg.neck_dim, cfg.det_stride, cfg.neck_depth, cfg.act
             )
-            self.box_head = BoxHead(cfg.neck_dim, cfg.neck_dim, cfg.det_convs, act=cfg.act)
+            self.box_head = BoxHead(
+                cfg.neck_dim,
+                cfg.neck_dim,
+                cfg.det_convs,
+                act=cfg.act,
+                text_dim=cfg.text_dim if cfg.match_objectness else None,
+            )
             if cfg.neck_text_gate:
                 self.text_gate = TextGate((dims[2], dims[3], dims[4]), cfg.text_dim)
         if "mask" in heads:
@@ -243,7 +250,7 @@ class LaConvNet(GroundingModel):
             scales = feats[2:]
             if self.config.neck_text_gate:
                 scales = self.text_gate(scales, txt.tokens.to(images.dtype), txt.mask)
-            det = self.box_head(self.neck(scales))
+            det = self.box_head(self.neck(scales), txt.tokens.to(images.dtype), txt.mask)
             logits, box_set = det["logits"], det["box_set"]
             best = logits.argmax(dim=1)
             out["pred_boxes"] = box_set[torch.arange(box_set.shape[0], device=best.device), best]

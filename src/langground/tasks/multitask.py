@@ -28,7 +28,8 @@ from langground.types import Prediction, Targets
 
 #: RefTR's released defaults (main_vg.py): giou 1, bbox (L1) 1, mask (focal) 1, dice 1; the lecture
 #: names the λs without values.
-RECRES_WEIGHTS = {"giou": 1.0, "l1": 1.0, "mask_focal": 1.0, "mask_dice": 1.0}
+#: ``obj`` weighs a dense box head's objectness (LaConvNet's cells), REC's weight; RefTR has none.
+RECRES_WEIGHTS = {"giou": 1.0, "l1": 1.0, "mask_focal": 1.0, "mask_dice": 1.0, "obj": 1.0}
 
 
 def focal_mask_terms(
