@@ -284,7 +284,9 @@ class MiniLMTextEncoder(nn.Module):
             if len(self._cache) + len(missing) > self.cache_size:
                 self._cache.clear()
             with torch.no_grad():
-                hidden = self.bert(input_ids=ids[missing], attention_mask=mask[missing].long()).last_hidden_state
+                hidden = self.bert(
+                    input_ids=ids[missing], attention_mask=mask[missing].long()
+                ).last_hidden_state
             for j, i in enumerate(missing):
                 self._cache[keys[i]] = hidden[j, : lengths[i]].clone()
         out = ids.new_zeros((*ids.shape, self.bert.config.hidden_size), dtype=self.proj.weight.dtype)
