@@ -188,3 +188,16 @@ def test_tile_verdicts_count_every_referent_and_no_target():
     assert _tile_verdict([[1, 1, 10, 10]], gt[:1], False) == (True, "IoU 0.81")
     assert _tile_verdict([], np.zeros((0, 4), np.float32), True) == (True, "no target: none predicted")
     assert _tile_verdict([[0, 0, 5, 5]], np.zeros((0, 4), np.float32), True)[0] is False
+
+
+def test_mask_tiles_are_judged_by_mask_iou():
+    from langground.cli.demo import _mask_verdict
+
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:6, 2:6] = 1
+    pred = np.zeros((10, 10), np.uint8)
+    pred[2:6, 2:5] = 255  # 12 of the 16 pixels, nothing else
+    assert _mask_verdict(pred, truth) == (True, "mask IoU 0.75")
+    pred[:, :] = 255  # everything: the box would contain the referent, the mask IoU says miss
+    assert _mask_verdict(pred, truth) == (False, "mask IoU 0.16")
+    assert _mask_verdict(None, truth) == (False, "no mask")
