@@ -94,8 +94,9 @@ def _pick_examples(records: Any, count: int, seed: int = 0) -> list[Any]:
 
 
 def draw_grid(grounder: Any, samples: list[tuple[str, Any]], path: Path, title: str) -> None:
-    """The prediction grid: one tile per (split, record), written atomically. Boxes for REC / RES (the
-    mask drawn too) / generalized REC (every kept box), the answer against the truth for VQA."""
+    """The prediction grid: one tile per (split, record), written atomically: the box for REC, the mask
+    for RES (judged by mask IoU), every kept box for generalized REC, the answer against the truth for
+    VQA."""
     from langground.cli.predict import save_atomically
     from langground.inference.images import load_image
     from langground.inference.visualize import draw_grounding_tile, grid
