@@ -32,7 +32,11 @@ def test_describe_models_gives_each_models_tasks_and_default_parameters():
     infos = {info.name: info for info in describe_models()}
     assert set(infos) == set(list_models())
     tiny = create_model("laconvnet_t")  # a real build at the defaults: the meta-device count must agree
-    assert infos["laconvnet_t"].tasks == type(tiny).supported_tasks == ("rec", "res", "gref", "gres", "vqa")
+    assert (
+        infos["laconvnet_t"].tasks
+        == type(tiny).supported_tasks
+        == ("rec", "res", "recres", "gref", "gres", "vqa")
+    )
     assert infos["laconvnet_t"].params == sum(p.numel() for p in tiny.parameters())
     assert infos["laconvnet_t"].vocab_size == tiny.vocab_size == 100
     # the README's models table: S and B at their default 10,000-word vocabulary
@@ -51,11 +55,13 @@ def test_models_command_lists_them(cli):
         if line.startswith("│ ") and (cells := [c.strip() for c in line.strip("│").split("│")])[0]
     }
     assert set(rows) == set(list_models())
-    assert rows["laconvnet_s"] == ["rec, res, gref, gres, vqa", "23.78M", "10,000"]
-    assert rows["laconvnet_t"] == ["rec, res, gref, gres, vqa", "1.10M", "100"]
+    assert rows["laconvnet_s"] == ["rec, res, recres, gref, gres, vqa", "23.78M", "10,000"]
+    assert rows["laconvnet_t"] == ["rec, res, recres, gref, gres, vqa", "1.10M", "100"]
     quick = cli("models", "--no-params")
     assert (
-        quick.exit_code == 0 and "rec, res, gref, gres, vqa" in quick.stdout and "23.78M" not in quick.stdout
+        quick.exit_code == 0
+        and "rec, res, recres, gref, gres, vqa" in quick.stdout
+        and "23.78M" not in quick.stdout
     )
 
 

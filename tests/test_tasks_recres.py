@@ -34,7 +34,13 @@ def test_recres_is_registered_with_both_heads_and_metric_families():
     assert "recres" in list_tasks()
     assert task.heads == {"box", "mask"} and task.metrics == ("rec", "res")
     assert task.needs_masks and task.decodes_masks and task.primary_metric == "rec/prec@0.5"
-    assert dict(task.loss_weights) == {"giou": 1.0, "l1": 1.0, "mask_focal": 1.0, "mask_dice": 1.0}
+    assert dict(task.loss_weights) == {
+        "giou": 1.0,
+        "l1": 1.0,
+        "mask_focal": 1.0,
+        "mask_dice": 1.0,
+        "obj": 1.0,
+    }
 
 
 def test_loss_is_det_plus_seg_with_focal_and_dice_worked_out_by_hand():
@@ -121,3 +127,23 @@ def test_no_task_name_comparisons_outside_tasks():
     ).stdout
     offenders = [line for line in out.splitlines() if f"{SRC}/tasks/" not in line]
     assert offenders == []
+
+
+def test_laconvnet_answers_recres_with_a_dense_box_head_and_a_mask_in_one_pass():
+    from langground.registry import create_model
+    from langground.types import TextBatch
+
+    torch.manual_seed(0)
+    m = create_model("laconvnet_t", task="recres", vocab_size=10, input_size=64).train()
+    ids = torch.tensor([[2, 3, 4], [2, 5, 0]])
+    out = m(torch.randn(2, 3, 64, 64), TextBatch(ids, ids != 0))
+    assert out["pred_boxes"].shape == (2, 4) and out["pred_masks"].shape[:2] == (2, 1)
+    targets = _targets()
+    losses = build_criterion("recres", giou=2.0, l1=5.0)(out, targets)
+    # the dense head's objectness is weighted (REC's 1.0), next to L_det and L_seg
+    assert {"loss_obj", "loss_giou", "loss_l1", "loss_mask_focal", "loss_mask_dice"} <= set(losses)
+    parts = 2 * losses["loss_giou"] + 5 * losses["loss_l1"] + losses["loss_obj"]
+    parts = parts + losses["loss_mask_focal"] + losses["loss_mask_dice"]
+    assert losses["loss"].item() == pytest.approx(parts.item(), rel=1e-5)
+    losses["loss"].backward()
+    assert m.box_head.pred.weight.grad.abs().sum() > 0 and m.seg_head.pred.weight.grad.abs().sum() > 0
