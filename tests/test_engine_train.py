@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from langground._hardware import cpu_bf16_runs
+from langground._hardware import cpu_bf16_native, cpu_bf16_runs
 from langground.config import load_config, load_preset
 from langground.data.synthetic import SynthConfig, generate_world
 from langground.engine import builders
@@ -380,7 +380,7 @@ def test_precision_resolution():
     with pytest.raises(LanggroundError, match="run.amp='fp16' needs a CUDA device"):
         builders.resolve_precision("fp16", cpu)
     auto = builders.resolve_precision("auto", cpu)
-    assert auto.dtype == (torch.bfloat16 if builders.cpu_supports_bf16() else None) and not auto.scaler
+    assert auto.dtype == (torch.bfloat16 if cpu_bf16_native() else None) and not auto.scaler
 
 
 @pytest.mark.skipif(not cpu_bf16_runs(), reason="this CPU cannot run bf16 at all")

@@ -329,7 +329,6 @@ class Config:
             (0 <= s.min_lr_ratio <= 1, "schedule.min_lr_ratio", s.min_lr_ratio, "a number in [0, 1]"),
             (s.gamma > 0, "schedule.gamma", s.gamma, "a positive number"),
             (s.patience >= 0, "schedule.patience", s.patience, ">= 0 epochs"),
-            (s.clock in ("steps", "budget"), "schedule.clock", s.clock, "steps or budget"),
             (
                 s.clock != "budget" or r.max_minutes is not None,
                 "schedule.clock",

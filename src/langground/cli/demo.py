@@ -112,9 +112,8 @@ def draw_grid(grounder: Any, samples: list[tuple[str, Any]], path: Path, title: 
             tiles.append(draw_grounding_tile(image, rec.text, None, (), correct=ok, note=note))
             continue
         gt = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
-        boxes = [b["box"] for b in result.get("boxes") or []]  # generalized REC: every kept box
-        if not boxes and result["box"] is not None:
-            boxes = [result["box"]]
+        # every kept box, best first (one for REC, several for generalized REC, none for "no target")
+        boxes = [b["box"] for b in result["boxes"]]
         preds = [[b["xmin"], b["ymin"], b["xmax"], b["ymax"]] for b in boxes]
         mask = result.get("mask")
         if mask is not None and "box" not in grounder.spec.heads:

@@ -55,11 +55,6 @@ def resolve_device(name: str, local_rank: int = 0, option: str = "config run.dev
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    """bf16 autocast on CPU pays off only with native bf16 instructions (AVX512-BF16 / AMX)."""
-    return cpu_bf16_native()
-
-
 @dataclass(frozen=True)
 class Precision:
     """Resolved mixed-precision mode: autocast dtype (None: fp32) and whether a GradScaler is needed."""
@@ -89,7 +84,7 @@ def resolve_precision(mode: str, device: torch.device) -> Precision:
     if mode == "auto":
         if device.type == "cuda":
             return Precision(torch.bfloat16, False) if bf16_ok else Precision(torch.float16, True)
-        return Precision(torch.bfloat16, False) if cpu_supports_bf16() else Precision(None, False)
+        return Precision(torch.bfloat16, False) if cpu_bf16_native() else Precision(None, False)
     raise LanggroundError(f"config run.amp={mode!r}: expected none, auto, bf16 or fp16")
 
 

@@ -183,7 +183,5 @@ def build_scheduler(
     ``cfg.clock == "budget"``."""
     if cfg.name == "plateau":
         return PlateauLR(optimizer, cfg, total_steps, steps_per_epoch)
-    if cfg.clock == "budget" and budget_spent is not None:
-        spent = budget_spent
-        return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch, spent()))
-    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch))
+    spent = budget_spent if cfg.clock == "budget" and budget_spent is not None else (lambda: 0.0)
+    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps, steps_per_epoch, spent()))
