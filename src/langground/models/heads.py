@@ -9,6 +9,8 @@ Sources (LaConvNet; docs/fidelity.md has the full table):
   highest-objectness cell is the answer (generalized REC keeps all cells' boxes and logits). Anchor-free
   like the released code's YOLOX-style ``REChead`` (one output at stride 32); Sec. 5.2 cites "a detection
   head [68]", which it calls anchor-based for ViLT. The bounded decoding is ours.
+- :class:`TokenBoxHead` — the same cells' boxes over a transformer's visual tokens, scored by a query token
+  (ours, for TransVG / LADS / RefTR trained from scratch; their papers regress one box from the query).
 - :class:`SegHead` — dilated context on the last stage, top-down fusion to stride 4, mask logits (ours;
   the released ``REShead`` is an ASPP on a stride-8 map upsampled x8).
 - :class:`VQAHead` — attentive pooling of the last visual map and of the text, added, then an MLP over
@@ -157,19 +159,115 @@ class BoxHead(nn.Module):
             if text is None:
                 raise ValueError("BoxHead built with text_dim needs the text features")
             out = torch.cat((out[:, :4], out[:, 4:] + self.match(feats, text, text_mask)), dim=1)
-        b, _, h, w = out.shape
-        ys = (torch.arange(h, device=out.device, dtype=out.dtype) + 0.5) / h
-        xs = (torch.arange(w, device=out.device, dtype=out.dtype) + 0.5) / w
-        cx = (xs.view(1, 1, w) + self.radius * torch.tanh(out[:, 0]) / w).clamp(0.0, 1.0)
-        cy = (ys.view(1, h, 1) + self.radius * torch.tanh(out[:, 1]) / h).clamp(0.0, 1.0)
-        boxes = torch.stack((cx, cy, torch.sigmoid(out[:, 2]), torch.sigmoid(out[:, 3])), dim=-1)
-        centers = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
-        return {
-            "box_set": boxes.reshape(b, h * w, 4),
-            "logits": out[:, 4].reshape(b, h * w),
-            "centers": centers,  # (N, 2) normalized (cx, cy) of each cell
-            "cell": torch.tensor([1.0 / w, 1.0 / h], device=out.device),
-        }
+        return decode_cells(out[:, :4], out[:, 4], self.radius)
+
+
+def decode_cells(t: Tensor, logits: Tensor, radius: float) -> dict[str, Tensor]:
+    """Cell outputs ``t`` ``(B, 4, h, w)`` and ``logits`` ``(B, h, w)`` -> the dense-head dict the box
+    terms read (``box_set`` ``(B, h*w, 4)``, ``logits`` ``(B, h*w)``, cell ``centers`` ``(h*w, 2)`` and
+    ``cell`` size, normalized): ``cx = (j + 0.5 + r * tanh(tx)) / w``, ``w = sigmoid(tw)`` (ours)."""
+    b, _, h, w = t.shape
+    ys = (torch.arange(h, device=t.device, dtype=t.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=t.device, dtype=t.dtype) + 0.5) / w
+    cx = (xs.view(1, 1, w) + radius * torch.tanh(t[:, 0]) / w).clamp(0.0, 1.0)
+    cy = (ys.view(1, h, 1) + radius * torch.tanh(t[:, 1]) / h).clamp(0.0, 1.0)
+    boxes = torch.stack((cx, cy, torch.sigmoid(t[:, 2]), torch.sigmoid(t[:, 3])), dim=-1)
+    centers = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
+    return {
+        "box_set": boxes.reshape(b, h * w, 4),
+        "logits": logits.reshape(b, h * w),
+        "centers": centers,  # (h*w, 2) normalized (cx, cy) of each cell
+        "cell": torch.tensor([1.0 / w, 1.0 / h], device=t.device),
+    }
+
+
+def best_cell(det: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A dense head's answer in the model outputs' names: the highest-logit cell's box and score, and
+    every cell's box, logit and geometry for the dense loss terms and generalized REC."""
+    logits, box_set = det["logits"], det["box_set"]
+    best = logits.argmax(dim=1)
+    return {
+        "pred_boxes": box_set[torch.arange(box_set.shape[0], device=best.device), best],
+        "pred_scores": torch.sigmoid(logits.max(dim=1).values),
+        "pred_box_set": box_set,
+        "pred_box_logits": logits,
+    }
+
+
+class TokenBoxHead(nn.Module):
+    """A dense box head for transformers: every visual token proposes a box, and the query token (TransVG's
+    [REG], LADS's [CLS], a RefTR query) scores the tokens by a scaled cosine (ours).
+
+    The papers regress one box from the query token alone; trained from scratch, such a box first settles
+    on one input-independent box and leaves it only after far more samples than a CPU budget gives
+    (docs/lads.md, docs/reftr.md). Here the box comes from the best-matching token, so localisation is a
+    choice among tokens trained by the cells' objectness from step one, like LaConvNet's :class:`BoxHead`.
+
+    ``forward(query (N, d), tokens (N, h*w, d), h, w) -> decode_cells`` dict.
+    """
+
+    def __init__(self, dim: int, embed_dim: int = 64, radius: float = 2.0, init_scale: float = 10.0):
+        super().__init__()
+        self.query = nn.Linear(dim, embed_dim)
+        self.key = nn.Linear(dim, embed_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.box = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 4))
+        self.radius = radius
+        with torch.no_grad():
+            self.box[-1].weight.normal_(std=0.01)
+            self.box[-1].bias.zero_()
+            self.box[-1].bias[2:4] = math.log(0.2 / 0.8)  # boxes start at 20% of the canvas
+
+    def forward(self, query: Tensor, tokens: Tensor, h: int, w: int) -> dict[str, Tensor]:
+        q = F.normalize(self.query(query).float(), dim=-1)
+        k = F.normalize(self.key(tokens).float(), dim=-1)
+        logits = self.log_scale.exp() * torch.einsum("nc,nlc->nl", q, k)
+        t = self.box(torch.cat((tokens, query[:, None].expand_as(tokens)), dim=-1)).float()
+        t = t.transpose(1, 2).reshape(t.shape[0], 4, h, w)
+        return decode_cells(t, logits.reshape(-1, h, w), self.radius)
+
+
+#: How a [query; text; visual] transformer reads its box: the papers' MLP on the query token ("query"),
+#: or every visual token proposing one and the query scoring them ("tokens", :class:`TokenBoxHead`).
+SEQUENCE_BOX_HEADS = ("query", "tokens")
+
+
+class SequenceBoxHead(nn.Module):
+    """The box of a fused sequence whose position 0 is the query ([REG] / [CLS]) and whose last ``h*w``
+    positions are the visual tokens. ``forward(x (N, L, d), h, w, text, text_mask) -> (outputs, aux)``:
+    ``pred_boxes`` (and the dense head's outputs and cell geometry with ``kind="tokens"``).
+
+    ``query="text"`` (tokens only, ours) scores the visual tokens with the attention-pooled expression
+    *before* fusion instead of position 0, the region-text match of LaConvNet's :class:`TextMatch`."""
+
+    def __init__(self, dim: int, kind: str = "query", query: str = "position0"):
+        super().__init__()
+        if kind not in SEQUENCE_BOX_HEADS:
+            raise ValueError(f"box head {kind!r}: expected one of {', '.join(SEQUENCE_BOX_HEADS)}")
+        if query not in ("position0", "text"):
+            raise ValueError(f"box head query {query!r}: expected 'position0' or 'text'")
+        self.kind = kind
+        self.pool = AttentionPool(dim, dim, dropout=0.0) if query == "text" else None
+        if kind == "tokens":
+            self.tokens = TokenBoxHead(dim)
+        else:  # TransVG's / LADS's 3-layer MLP -> sigmoid -> cxcywh
+            self.mlp = nn.Sequential(
+                nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4)
+            )
+
+    def forward(
+        self, x: Tensor, h: int, w: int, text: Tensor | None = None, text_mask: Tensor | None = None
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if self.pool is None:
+            query = x[:, 0]
+        elif text is None:
+            raise ValueError("a box head with query='text' needs the text features")
+        else:
+            query = self.pool(text.to(x.dtype), text_mask)
+        if self.kind == "query":
+            return {"pred_boxes": self.mlp(query).sigmoid()}, {}
+        det = self.tokens(query, x[:, x.shape[1] - h * w :], h, w)
+        return best_cell(det), {"cell_centers": det["centers"], "cell_size": det["cell"]}
 
 
 class TextMatch(nn.Module):

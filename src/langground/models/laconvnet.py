@@ -38,13 +38,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from langground.errors import LanggroundError
 from langground.layers import BLOCKS, ConvBNAct
 from langground.models.base import GroundingModel
-from langground.models.heads import BoxHead, MultiScaleFusion, NoTargetHead, SegHead, TextGate, VQAHead
+from langground.models.heads import (
+    BoxHead,
+    MultiScaleFusion,
+    NoTargetHead,
+    SegHead,
+    TextGate,
+    VQAHead,
+    best_cell,
+)
 from langground.models.text_encoders import build_text_encoder, words_to_columns
 from langground.registry import register_model
 from langground.tasks import get_task
@@ -251,12 +258,7 @@ class LaConvNet(GroundingModel):
             if self.config.neck_text_gate:
                 scales = self.text_gate(scales, txt.tokens.to(images.dtype), txt.mask)
             det = self.box_head(self.neck(scales), txt.tokens.to(images.dtype), txt.mask)
-            logits, box_set = det["logits"], det["box_set"]
-            best = logits.argmax(dim=1)
-            out["pred_boxes"] = box_set[torch.arange(box_set.shape[0], device=best.device), best]
-            out["pred_scores"] = torch.sigmoid(logits.max(dim=1).values)
-            out["pred_box_set"] = box_set
-            out["pred_box_logits"] = logits
+            out.update(best_cell(det))
             aux["cell_centers"], aux["cell_size"] = det["centers"], det["cell"]
         if "mask" in heads:
             out["pred_masks"] = self.seg_head(feats[1:])

@@ -48,6 +48,7 @@ from langground.layers.gated_blocks import (
 from langground.layers.gates import Gates, GatingNetwork, gate_mutual_information
 from langground.layers.position import PositionEmbeddingSine2d
 from langground.models.base import GroundingModel
+from langground.models.heads import SEQUENCE_BOX_HEADS, SequenceBoxHead
 from langground.models.lads_subnet import ExpressionSubnet, LADSSubnet, build_resnet, resnet_blocks
 from langground.models.text_encoders import build_text_encoder
 from langground.registry import register_model
@@ -84,6 +85,9 @@ class LADSConfig:
     gates: str = (
         "learned"  # "learned" (the Gating Network) | "open" (every gate forced open: the plain supernet)
     )
+    # "query": the paper's 3-layer MLP on [CLS]; "tokens": every visual token proposes a box and [CLS]
+    # scores them (ours, heads.TokenBoxHead: learns from scratch within CPU budgets)
+    box_head: str = "query"
 
     def __post_init__(self) -> None:
         self.widths, self.depths = tuple(int(w) for w in self.widths), tuple(int(d) for d in self.depths)
@@ -95,6 +99,10 @@ class LADSConfig:
             raise LanggroundError(f"gate_head_init must be 'xavier' or 'small', got {self.gate_head_init!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
+        if self.box_head not in SEQUENCE_BOX_HEADS:
+            raise LanggroundError(
+                f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {self.box_head!r}"
+            )
         if self.output_stride not in (16, 32):
             raise LanggroundError(f"output_stride must be 16 or 32, got {self.output_stride!r}")
 
@@ -135,7 +143,7 @@ class LADS(GroundingModel):
         self.fusion = nn.ModuleList(
             [FusionLayer(d, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.fusion_layers)]
         )
-        self.box_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+        self.box_head = SequenceBoxHead(d, cfg.box_head)
         filters = [self.backbone.get_submodule(n).conv2.out_channels for n in self.gated_blocks]
         self.gating = GatingNetwork(
             d, filters + [0] * (2 * cfg.fusion_layers), cfg.gate_hidden, cfg.gate_init, cfg.gate_head_init
@@ -146,7 +154,8 @@ class LADS(GroundingModel):
         self._subnets: OrderedDict[tuple, LADSSubnet] = OrderedDict()
         self._fold_cache: tuple[tuple, dict[str, Any]] | None = None
         self._backbone_tensors: list[Tensor] | None = None  # walked once: the module traversal is 0.4 ms
-        for m in (*self.fusion, self.box_head, self.input_proj):  # the paper's Xavier init of the rest
+        # the paper's Xavier init of the rest (TokenBoxHead keeps its own: boxes start small and local)
+        for m in (*self.fusion, getattr(self.box_head, "mlp", nn.Identity()), self.input_proj):
             for p in m.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
@@ -220,7 +229,9 @@ class LADS(GroundingModel):
         return Gates(torch.ones(n, u, device=device), torch.ones(n, c, device=device))
 
     # ------------------------------------------------------------------ masked supernet (Eq. 6-7)
-    def run_masked(self, images: Tensor, tokens: Tensor, mask: Tensor, g: Gates) -> Tensor:
+    def run_masked(
+        self, images: Tensor, tokens: Tensor, mask: Tensor, g: Gates
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         x = self._stem()(images)
         k = 0
         for name, block in self._blocks():
@@ -232,13 +243,14 @@ class LADS(GroundingModel):
             else:
                 x = block(x)
         v = self.input_proj(x)
-        v = (v + self.pos(*v.shape[-2:], v.device, v.dtype)).flatten(2).transpose(1, 2)
+        grid = v.shape[-2:]
+        v = (v + self.pos(*grid, v.device, v.dtype)).flatten(2).transpose(1, 2)
         h = torch.cat([tokens.to(v.dtype), v], 1)
         pad = ~torch.cat([mask, mask.new_ones(mask.shape[0], v.shape[1])], 1)
         u = len(self.gated_blocks)
         for j, layer in enumerate(self.fusion):
             h = layer(h, pad, g.layer[:, u + 2 * j], g.layer[:, u + 2 * j + 1])
-        return self.box_head(h[:, 0]).sigmoid()
+        return self.box_head(h, *grid)
 
     # ------------------------------------------------------------------ static subnets
     def _folded(self) -> dict[str, Any]:
@@ -335,16 +347,17 @@ class LADS(GroundingModel):
             if gates is not None:
                 g = gates
         images = text.images_per_text(images).to(self.input_proj.weight.dtype)
+        cells: dict[str, Tensor] = {}
         if self.training or self.config.execution == "masked":
-            boxes = self.run_masked(images, tokens, mask, g)
-        else:
-            boxes = self.run_subnets(images, tokens, mask, g)
-        out: dict[str, Any] = {"pred_boxes": boxes}
+            out, cells = self.run_masked(images, tokens, mask, g)
+        else:  # the subnets answer the box only (the dense head's argmax cell)
+            out = {"pred_boxes": self.run_subnets(images, tokens, mask, g)}
         if probs is not None:  # Eq. 9: the criterion adds 0.1 * loss_mi, so the term is -I(G; F_l)
             out["losses"] = {"loss_mi": -gate_mutual_information(probs)}
         out["aux"] = {
             "gates": {"layer": g.layer.detach(), "filter": g.filter.detach()},
             "gate_attention": alpha,
+            **cells,
         }
         return out
 

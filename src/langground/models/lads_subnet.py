@@ -68,12 +68,13 @@ class LADSSubnet(nn.Module):
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
         # channels_last: oneDNN's native layout (no per-conv reorders; max-pool / BN ~10x faster on CPU)
         v = self.proj(self.blocks(self.stem(images.contiguous(memory_format=torch.channels_last))))
-        v = (v + self.pos(*v.shape[-2:], v.device, v.dtype)).flatten(2).transpose(1, 2)
+        grid = v.shape[-2:]
+        v = (v + self.pos(*grid, v.device, v.dtype)).flatten(2).transpose(1, 2)
         x = torch.cat([tokens.to(v.dtype), v], 1)
         pad = ~torch.cat([mask, mask.new_ones(mask.shape[0], v.shape[1])], 1)
         for layer in self.fusion:
             x = layer(x, pad)
-        return self.head(x[:, 0]).sigmoid()
+        return self.head(x, *grid)[0]["pred_boxes"]
 
 
 class ExpressionSubnet(nn.Module):

@@ -46,6 +46,7 @@ from langground.layers.reftr_seg_head import QueryAttentionMap, ReferringMaskHea
 from langground.layers.word_transformer import WordTransformer
 from langground.models.backbones import build_backbone
 from langground.models.base import GroundingModel
+from langground.models.heads import TokenBoxHead, best_cell
 from langground.models.text_encoders import TextFeatures, build_text_encoder
 from langground.registry import register_model
 from langground.text.tokenizer import tokenize
@@ -77,6 +78,9 @@ class RefTRConfig:
     max_lang_seq: int = 128  # learned language positions (sub-word tokens)
     query_context: str = "mean"  # f_c(p): "mean" (the paper's equation) | "attention" (released code)
     aux_loss: bool = True  # per-decoder-layer boxes (aux_outputs)
+    # "query": the lecture's MLP box per query; "tokens" (ours, REC / REC+RES): every visual token of the
+    # memory proposes a box and the query scores them (heads.TokenBoxHead: learns within CPU budgets)
+    box_head: str = "query"
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or self.dim % 4:
@@ -84,6 +88,12 @@ class RefTRConfig:
         if self.query_context not in CONTEXTS:
             raise LanggroundError(
                 f"query_context={self.query_context!r}: expected one of {', '.join(CONTEXTS)}"
+            )
+        if self.box_head not in ("query", "tokens"):
+            raise LanggroundError(f"box_head must be 'query' or 'tokens', got {self.box_head!r}")
+        if self.box_head == "tokens" and self.task == "phrase":
+            raise LanggroundError(
+                "box_head='tokens' answers one query per expression; task 'phrase' needs 'query'"
             )
         if self.encoder_layers < 1 or self.decoder_layers < 1:
             raise LanggroundError("encoder_layers and decoder_layers must be at least 1")
@@ -143,7 +153,9 @@ class RefTR(GroundingModel):
             for p in module.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
-        if self.has_box:
+        if self.has_box and cfg.box_head == "tokens":
+            self.box_head: nn.Module = TokenBoxHead(d)
+        elif self.has_box:
             self.box_head = nn.Sequential(
                 nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4)
             )
@@ -256,7 +268,19 @@ class RefTR(GroundingModel):
             maps.append(weights[..., length:].mean(1).unflatten(-1, (h, w_)))  # (N, Q, h, w) on the image
         out: dict[str, Any] = {}
         single = phrases is None and not self.spec.uses_phrases  # (N, 4) boxes, not (N, 1, 4)
-        if self.has_box:
+        if self.has_box and self.config.box_head == "tokens":
+            if not single:
+                raise LanggroundError(
+                    "box_head='tokens' answers one query per expression, got phrase queries"
+                )
+            tokens = memory[:, length:]
+            raw = [self.box_head(x[:, 0], tokens, h, w_) for x in hs]
+            cells = {"cell_centers": raw[-1]["centers"], "cell_size": raw[-1]["cell"]}
+            dets = [best_cell(r) for r in raw]
+            out.update(dets[-1])
+            if self.config.aux_loss:
+                out["aux_outputs"] = [{**det, "aux": cells} for det in dets[:-1]]
+        elif self.has_box:
             boxes = [self.box_head(x).sigmoid() for x in hs]
             if single:
                 boxes = [b[:, 0] for b in boxes]
@@ -271,6 +295,8 @@ class RefTR(GroundingModel):
             laterals = [per_text(t) for t in shared["laterals"]]
             out["pred_masks"] = self.mask_head(torch.cat([visual, vis_memory, att], 1), laterals)
         out["aux"] = {"attention": self._word_maps(maps, text, phrases)}
+        if self.has_box and self.config.box_head == "tokens":
+            out["aux"].update(cells)
         return out
 
     @staticmethod

@@ -36,6 +36,7 @@ from langground.layers.detr_encoder import PostNormEncoder
 from langground.layers.position import PositionEmbeddingSine2d
 from langground.models.backbones import build_backbone
 from langground.models.base import GroundingModel
+from langground.models.heads import SEQUENCE_BOX_HEADS, SequenceBoxHead
 from langground.models.text_encoders import TextFeatures, build_text_encoder, words_to_columns
 from langground.registry import register_model
 from langground.types import TextBatch
@@ -68,6 +69,11 @@ class TransVGConfig:
     vl_layers: int = 6
     dropout: float = 0.1
     explain: str = "reg"  # aux["attention"]: "reg" ([REG]'s map per layer) | "words" (each word's map)
+    # "query": the paper's 3-layer MLP on [REG]; "tokens": every visual token proposes a box and [REG]
+    # scores them (ours, heads.TokenBoxHead: learns from scratch within CPU budgets)
+    box_head: str = "query"
+    # what scores the tokens' boxes: [REG] ("position0") | the expression pooled before fusion ("text")
+    box_query: str = "position0"
 
     def __post_init__(self) -> None:
         if self.explain not in ("reg", "words"):
@@ -78,6 +84,12 @@ class TransVGConfig:
             raise LanggroundError(
                 f"input_size {self.input_size} must be a multiple of 32 (the ResNet stride)"
             )
+        if self.box_head not in SEQUENCE_BOX_HEADS:
+            raise LanggroundError(
+                f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {self.box_head!r}"
+            )
+        if self.box_query not in ("position0", "text"):
+            raise LanggroundError(f"box_query must be 'position0' or 'text', got {self.box_query!r}")
         if self.max_text_tokens < 1:
             raise LanggroundError(f"max_text_tokens must be at least 1, got {self.max_text_tokens}")
 
@@ -162,7 +174,7 @@ class TransVG(GroundingModel):
         self.reg_token = nn.Parameter(torch.randn(1, 1, d))  # nn.Embedding(1, d)'s N(0, 1) init
         self.vl_pos = nn.Parameter(torch.randn(1 + cfg.max_text_tokens + self.grid**2, d))
         self.vl_encoder = PostNormEncoder(d, cfg.heads, cfg.ffn, cfg.vl_layers, cfg.dropout)
-        self.box_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 4))
+        self.box_head = SequenceBoxHead(d, cfg.box_head, cfg.box_query)
 
     # ------------------------------------------------------------------ branches
     def encode_image(self, images: Tensor) -> tuple[Tensor, int, int]:
@@ -205,9 +217,9 @@ class TransVG(GroundingModel):
         pad = torch.cat([mask.new_zeros(n, 1), ~mask, mask.new_zeros(n, h * w)], 1)
         pos = self.position_embedding(lt, h, w)[None].to(visual.dtype)
         x, maps = self.vl_encoder(x, pos, pad)
-        boxes = self.box_head(x[:, 0]).sigmoid()
         attention = self.explain_maps(maps, mask, word_index, h, w, text.token_ids.shape[1])
-        return {"pred_boxes": boxes, "aux": {"attention": attention}}
+        out, cells = self.box_head(x, h, w, tokens, mask)
+        return {**out, "aux": {"attention": attention, **cells}}
 
     def explain_maps(
         self, maps: list[Tensor], mask: Tensor, word_index: Tensor | None, h: int, w: int, words: int
