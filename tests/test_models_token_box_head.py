@@ -122,22 +122,3 @@ def test_box_head_option_is_checked(name):
 def test_reftr_token_boxes_refuse_phrase_queries():
     with pytest.raises(LanggroundError, match="task 'phrase' needs 'query'"):
         create_model("reftr_t", task="phrase", vocab_size=VOCAB, box_head="tokens", **MODELS["reftr_t"])
-
-
-def test_text_query_scores_the_tokens_with_the_expression_pooled_before_fusion():
-    torch.manual_seed(0)
-    kw = dict(vocab_size=VOCAB, input_size=SIZE, box_head="tokens", **MODELS["transvg_t"])
-    m = create_model("transvg_t", box_query="text", **kw).eval()
-    images, text = torch.randn(2, 3, SIZE, SIZE), _text(2)
-    seen = {}
-    m.box_head.tokens.register_forward_hook(lambda mod, args, out: seen.update(query=args[0], keys=args[1]))
-    with torch.no_grad():
-        out = m(images, text)
-        tokens, mask, _ = m.encode_text(text)
-        expected = m.box_head.pool(tokens, mask)
-    torch.testing.assert_close(seen["query"], expected)  # the expression before fusion, not [REG]
-    assert seen["keys"].shape[1] == out["pred_box_set"].shape[1]  # scored: the visual tokens only
-    with pytest.raises(ValueError, match="needs the text features"):
-        SequenceBoxHead(32, "tokens", "text")(torch.randn(1, 9, 32), 2, 2)
-    with pytest.raises(LanggroundError, match="box_query must be 'position0' or 'text'"):
-        create_model("transvg_t", box_query="cls", **kw)

@@ -234,20 +234,14 @@ SEQUENCE_BOX_HEADS = ("query", "tokens")
 
 class SequenceBoxHead(nn.Module):
     """The box of a fused sequence whose position 0 is the query ([REG] / [CLS]) and whose last ``h*w``
-    positions are the visual tokens. ``forward(x (N, L, d), h, w, text, text_mask) -> (outputs, aux)``:
-    ``pred_boxes`` (and the dense head's outputs and cell geometry with ``kind="tokens"``).
+    positions are the visual tokens. ``forward(x (N, L, d), h, w) -> (outputs, aux)``: ``pred_boxes``
+    (and the dense head's outputs and cell geometry with ``kind="tokens"``)."""
 
-    ``query="text"`` (tokens only, ours) scores the visual tokens with the attention-pooled expression
-    *before* fusion instead of position 0, the region-text match of LaConvNet's :class:`TextMatch`."""
-
-    def __init__(self, dim: int, kind: str = "query", query: str = "position0"):
+    def __init__(self, dim: int, kind: str = "query"):
         super().__init__()
         if kind not in SEQUENCE_BOX_HEADS:
             raise ValueError(f"box head {kind!r}: expected one of {', '.join(SEQUENCE_BOX_HEADS)}")
-        if query not in ("position0", "text"):
-            raise ValueError(f"box head query {query!r}: expected 'position0' or 'text'")
         self.kind = kind
-        self.pool = AttentionPool(dim, dim, dropout=0.0) if query == "text" else None
         if kind == "tokens":
             self.tokens = TokenBoxHead(dim)
         else:  # TransVG's / LADS's 3-layer MLP -> sigmoid -> cxcywh
@@ -255,18 +249,10 @@ class SequenceBoxHead(nn.Module):
                 nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 4)
             )
 
-    def forward(
-        self, x: Tensor, h: int, w: int, text: Tensor | None = None, text_mask: Tensor | None = None
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        if self.pool is None:
-            query = x[:, 0]
-        elif text is None:
-            raise ValueError("a box head with query='text' needs the text features")
-        else:
-            query = self.pool(text.to(x.dtype), text_mask)
+    def forward(self, x: Tensor, h: int, w: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self.kind == "query":
-            return {"pred_boxes": self.mlp(query).sigmoid()}, {}
-        det = self.tokens(query, x[:, x.shape[1] - h * w :], h, w)
+            return {"pred_boxes": self.mlp(x[:, 0]).sigmoid()}, {}
+        det = self.tokens(x[:, 0], x[:, x.shape[1] - h * w :], h, w)
         return best_cell(det), {"cell_centers": det["centers"], "cell_size": det["cell"]}
 
 

@@ -72,8 +72,6 @@ class TransVGConfig:
     # "query": the paper's 3-layer MLP on [REG]; "tokens": every visual token proposes a box and [REG]
     # scores them (ours, heads.TokenBoxHead: learns from scratch within CPU budgets)
     box_head: str = "query"
-    # what scores the tokens' boxes: [REG] ("position0") | the expression pooled before fusion ("text")
-    box_query: str = "position0"
 
     def __post_init__(self) -> None:
         if self.explain not in ("reg", "words"):
@@ -88,8 +86,6 @@ class TransVGConfig:
             raise LanggroundError(
                 f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {self.box_head!r}"
             )
-        if self.box_query not in ("position0", "text"):
-            raise LanggroundError(f"box_query must be 'position0' or 'text', got {self.box_query!r}")
         if self.max_text_tokens < 1:
             raise LanggroundError(f"max_text_tokens must be at least 1, got {self.max_text_tokens}")
 
@@ -174,7 +170,7 @@ class TransVG(GroundingModel):
         self.reg_token = nn.Parameter(torch.randn(1, 1, d))  # nn.Embedding(1, d)'s N(0, 1) init
         self.vl_pos = nn.Parameter(torch.randn(1 + cfg.max_text_tokens + self.grid**2, d))
         self.vl_encoder = PostNormEncoder(d, cfg.heads, cfg.ffn, cfg.vl_layers, cfg.dropout)
-        self.box_head = SequenceBoxHead(d, cfg.box_head, cfg.box_query)
+        self.box_head = SequenceBoxHead(d, cfg.box_head)
 
     # ------------------------------------------------------------------ branches
     def encode_image(self, images: Tensor) -> tuple[Tensor, int, int]:
@@ -218,7 +214,7 @@ class TransVG(GroundingModel):
         pos = self.position_embedding(lt, h, w)[None].to(visual.dtype)
         x, maps = self.vl_encoder(x, pos, pad)
         attention = self.explain_maps(maps, mask, word_index, h, w, text.token_ids.shape[1])
-        out, cells = self.box_head(x, h, w, tokens, mask)
+        out, cells = self.box_head(x, h, w)
         return {**out, "aux": {"attention": attention, **cells}}
 
     def explain_maps(
