@@ -317,13 +317,15 @@ def test_lads_t_trains_through_the_engine(tmp_path):
     train(cfg, tmp_path / "run")
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert rows and all("loss_mi" in r and math.isfinite(r["loss"]) for r in rows), rows[:1]
-    # ... and LADS-T's own preset: Eq. 9's weights, L1 + 1.0 GIoU + 0.1 (-I)
+    # ... and LADS-T's own preset: Eq. 9's weights, L1 + 1.0 GIoU + 0.1 (-I), plus the token box
+    # head's objectness (ours)
     result = train(load_preset("synth-lads-t-rec", overrides), tmp_path / "run2")
     rows = [r for r in read_jsonl(tmp_path / "run2" / "metrics.jsonl") if r["kind"] == "train"]
     assert rows and all(r["loss_mi"] <= 0 for r in rows)
     assert any(r["kind"] == "val" for r in read_jsonl(tmp_path / "run2" / "metrics.jsonl"))  # eval: subnets
     for r in rows:
-        assert r["loss"] == pytest.approx(r["loss_l1"] + r["loss_giou"] + 0.1 * r["loss_mi"], rel=1e-4), r
+        expected = r["loss_l1"] + r["loss_giou"] + r["loss_obj"] + 0.1 * r["loss_mi"]
+        assert r["loss"] == pytest.approx(expected, rel=1e-4), r
     assert result is not None
 
 

@@ -49,6 +49,7 @@ from langground.models.base import GroundingModel
 from langground.models.heads import TokenBoxHead, best_cell
 from langground.models.text_encoders import TextFeatures, build_text_encoder
 from langground.registry import register_model
+from langground.tasks import get_task
 from langground.text.tokenizer import tokenize
 from langground.types import PhraseQueries, TextBatch
 
@@ -91,9 +92,9 @@ class RefTRConfig:
             )
         if self.box_head not in ("query", "tokens"):
             raise LanggroundError(f"box_head must be 'query' or 'tokens', got {self.box_head!r}")
-        if self.box_head == "tokens" and self.task == "phrase":
+        if self.box_head == "tokens" and get_task(self.task).uses_phrases:
             raise LanggroundError(
-                "box_head='tokens' answers one query per expression; task 'phrase' needs 'query'"
+                f"box_head='tokens' answers one query per expression; task {self.task!r} needs 'query'"
             )
         if self.encoder_layers < 1 or self.decoder_layers < 1:
             raise LanggroundError("encoder_layers and decoder_layers must be at least 1")
