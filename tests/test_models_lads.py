@@ -19,17 +19,13 @@ from langground.models.lads_subnet import build_resnet as _build_resnet
 from langground.models.lads_subnet import resnet_blocks
 from langground.registry import create_model, list_models
 from langground.types import Targets, TextBatch
+from text_batches import random_text
 
 VOCAB, SIZE = 40, 64
 
 
 def _text(n: int, length: int = 6, seed: int = 0) -> TextBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, VOCAB, (n, length), generator=g)
-    mask = torch.ones(n, length, dtype=torch.bool)
-    mask[-1, length - 2 :] = False
-    ids[~mask] = 0
-    return TextBatch(ids, mask)
+    return random_text(n, VOCAB, length, seed)
 
 
 def _targets(n: int) -> Targets:

@@ -12,17 +12,13 @@ from langground.losses import build_criterion
 from langground.models.heads import SequenceBoxHead, TokenBoxHead
 from langground.registry import create_model
 from langground.types import Targets, TextBatch
+from text_batches import random_text
 
 SIZE, VOCAB = 64, 30
 
 
 def _text(n: int, length: int = 5, seed: int = 0) -> TextBatch:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(2, VOCAB, (n, length), generator=g)
-    mask = torch.ones(n, length, dtype=torch.bool)
-    mask[-1, length - 2 :] = False
-    ids[~mask] = 0
-    return TextBatch(ids, mask)
+    return random_text(n, VOCAB, length, seed)
 
 
 def _targets(n: int, masks: bool = False) -> Targets:
