@@ -11,7 +11,7 @@ from langground.errors import LanggroundError
 from langground.losses import build_criterion
 from langground.models.heads import SequenceBoxHead, TokenBoxHead
 from langground.registry import create_model
-from langground.types import Targets, TextBatch
+from langground.types import PhraseQueries, Targets, TextBatch
 from text_batches import random_text
 
 SIZE, VOCAB = 64, 30
@@ -118,3 +118,7 @@ def test_box_head_option_is_checked(name):
 def test_reftr_token_boxes_refuse_phrase_queries():
     with pytest.raises(LanggroundError, match="task 'phrase' needs 'query'"):
         create_model("reftr_t", task="phrase", vocab_size=VOCAB, box_head="tokens", **MODELS["reftr_t"])
+    m = create_model("reftr_t", vocab_size=VOCAB, input_size=SIZE, box_head="tokens", **MODELS["reftr_t"])
+    phrases = PhraseQueries(torch.tensor([[[0, 2], [2, 4]]]), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(LanggroundError, match="answers one query per expression, got phrase queries"):
+        m.eval()(torch.randn(1, 3, SIZE, SIZE), _text(1), phrases=phrases)

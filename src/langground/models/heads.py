@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from langground.errors import LanggroundError
 from langground.layers.conv import ConvBNAct
 from langground.layers.pooling import AttentionPool
 
@@ -185,10 +186,10 @@ def best_cell(det: dict[str, Tensor]) -> dict[str, Tensor]:
     """A dense head's answer in the model outputs' names: the highest-logit cell's box and score, and
     every cell's box, logit and geometry for the dense loss terms and generalized REC."""
     logits, box_set = det["logits"], det["box_set"]
-    best = logits.argmax(dim=1)
+    top, best = logits.max(dim=1)
     return {
         "pred_boxes": box_set[torch.arange(box_set.shape[0], device=best.device), best],
-        "pred_scores": torch.sigmoid(logits.max(dim=1).values),
+        "pred_scores": torch.sigmoid(top),
         "pred_box_set": box_set,
         "pred_box_logits": logits,
     }
@@ -230,6 +231,12 @@ class TokenBoxHead(nn.Module):
 #: How a [query; text; visual] transformer reads its box: the papers' MLP on the query token ("query"),
 #: or every visual token proposing one and the query scoring them ("tokens", :class:`TokenBoxHead`).
 SEQUENCE_BOX_HEADS = ("query", "tokens")
+
+
+def check_box_head(kind: str) -> None:
+    """A model config's ``box_head`` check: one line naming the value and the choices."""
+    if kind not in SEQUENCE_BOX_HEADS:
+        raise LanggroundError(f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {kind!r}")
 
 
 class SequenceBoxHead(nn.Module):

@@ -48,7 +48,7 @@ from langground.layers.gated_blocks import (
 from langground.layers.gates import Gates, GatingNetwork, gate_mutual_information
 from langground.layers.position import PositionEmbeddingSine2d
 from langground.models.base import GroundingModel
-from langground.models.heads import SEQUENCE_BOX_HEADS, SequenceBoxHead
+from langground.models.heads import SequenceBoxHead, check_box_head
 from langground.models.lads_subnet import ExpressionSubnet, LADSSubnet, build_resnet, resnet_blocks
 from langground.models.text_encoders import build_text_encoder
 from langground.registry import register_model
@@ -99,10 +99,7 @@ class LADSConfig:
             raise LanggroundError(f"gate_head_init must be 'xavier' or 'small', got {self.gate_head_init!r}")
         if self.dim % self.heads or self.dim % 4:
             raise LanggroundError(f"dim {self.dim} must be a multiple of heads ({self.heads}) and of 4")
-        if self.box_head not in SEQUENCE_BOX_HEADS:
-            raise LanggroundError(
-                f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {self.box_head!r}"
-            )
+        check_box_head(self.box_head)
         if self.output_stride not in (16, 32):
             raise LanggroundError(f"output_stride must be 16 or 32, got {self.output_stride!r}")
 

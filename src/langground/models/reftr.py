@@ -46,7 +46,7 @@ from langground.layers.reftr_seg_head import QueryAttentionMap, ReferringMaskHea
 from langground.layers.word_transformer import WordTransformer
 from langground.models.backbones import build_backbone
 from langground.models.base import GroundingModel
-from langground.models.heads import TokenBoxHead, best_cell
+from langground.models.heads import TokenBoxHead, best_cell, check_box_head
 from langground.models.text_encoders import TextFeatures, build_text_encoder
 from langground.registry import register_model
 from langground.tasks import get_task
@@ -90,8 +90,7 @@ class RefTRConfig:
             raise LanggroundError(
                 f"query_context={self.query_context!r}: expected one of {', '.join(CONTEXTS)}"
             )
-        if self.box_head not in ("query", "tokens"):
-            raise LanggroundError(f"box_head must be 'query' or 'tokens', got {self.box_head!r}")
+        check_box_head(self.box_head)
         if self.box_head == "tokens" and get_task(self.task).uses_phrases:
             raise LanggroundError(
                 f"box_head='tokens' answers one query per expression; task {self.task!r} needs 'query'"
@@ -268,6 +267,7 @@ class RefTR(GroundingModel):
             hs.append(self.decoder_norm(tgt))
             maps.append(weights[..., length:].mean(1).unflatten(-1, (h, w_)))  # (N, Q, h, w) on the image
         out: dict[str, Any] = {}
+        cells: dict[str, Tensor] = {}  # the token box head's cell geometry
         single = phrases is None and not self.spec.uses_phrases  # (N, 4) boxes, not (N, 1, 4)
         if self.has_box and self.config.box_head == "tokens":
             if not single:
@@ -295,9 +295,7 @@ class RefTR(GroundingModel):
             att = self.attention_map(hs[-1][:, :1], vis_memory)[:, 0]  # (N, heads, h, w)
             laterals = [per_text(t) for t in shared["laterals"]]
             out["pred_masks"] = self.mask_head(torch.cat([visual, vis_memory, att], 1), laterals)
-        out["aux"] = {"attention": self._word_maps(maps, text, phrases)}
-        if self.has_box and self.config.box_head == "tokens":
-            out["aux"].update(cells)
+        out["aux"] = {"attention": self._word_maps(maps, text, phrases), **cells}
         return out
 
     @staticmethod

@@ -36,7 +36,7 @@ from langground.layers.detr_encoder import PostNormEncoder
 from langground.layers.position import PositionEmbeddingSine2d
 from langground.models.backbones import build_backbone
 from langground.models.base import GroundingModel
-from langground.models.heads import SEQUENCE_BOX_HEADS, SequenceBoxHead
+from langground.models.heads import SequenceBoxHead, check_box_head
 from langground.models.text_encoders import TextFeatures, build_text_encoder, words_to_columns
 from langground.registry import register_model
 from langground.types import TextBatch
@@ -82,10 +82,7 @@ class TransVGConfig:
             raise LanggroundError(
                 f"input_size {self.input_size} must be a multiple of 32 (the ResNet stride)"
             )
-        if self.box_head not in SEQUENCE_BOX_HEADS:
-            raise LanggroundError(
-                f"box_head must be one of {', '.join(SEQUENCE_BOX_HEADS)}, got {self.box_head!r}"
-            )
+        check_box_head(self.box_head)
         if self.max_text_tokens < 1:
             raise LanggroundError(f"max_text_tokens must be at least 1, got {self.max_text_tokens}")
 
